@@ -1,0 +1,58 @@
+"""longctx-llm: long-context strategies (DCA, RCC, CCM, StreamingLLM) for local transformers models.
+
+Quickstart::
+
+    from longctx_llm import load_pipeline
+    bot = load_pipeline("examples/pipelines/quickstart.yaml")
+    print(bot.invoke("What is the capital of France?"))
+"""
+
+from ._version import __version__
+from .config import GenerationConfig, PipelineConfig, load_config
+from .engine import Engine, TextStream
+from .errors import (
+    ConfigError,
+    ContextWindowError,
+    InputError,
+    LongctxError,
+    ModelLoadError,
+    PluginError,
+    SessionError,
+    UnsupportedModelError,
+)
+from .generation import Completion
+from .memory import Memory, MemoryOptions, MemoryState
+from .models import ModelHandle
+from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
+from .strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, StrategyState
+
+__all__ = [
+    "__version__",
+    "Capabilities",
+    "ChatPipeline",
+    "Completion",
+    "Component",
+    "ComponentOptions",
+    "ConfigError",
+    "ContextWindowError",
+    "Engine",
+    "GenerationConfig",
+    "InputError",
+    "KVCacheState",
+    "LongctxError",
+    "Memory",
+    "MemoryOptions",
+    "MemoryState",
+    "ModelHandle",
+    "ModelLoadError",
+    "PipelineConfig",
+    "PluginError",
+    "SessionError",
+    "Strategy",
+    "StrategyOptions",
+    "StrategyState",
+    "TextStream",
+    "UnsupportedModelError",
+    "load_config",
+    "load_pipeline",
+]

@@ -1,0 +1,430 @@
+"""The Engine: a model, a strategy, a memory, generation defaults and sessions.
+
+Every face of the package (CLI, LangChain, LlamaIndex) is a thin layer over this class. It never branches on a
+strategy's name: it asks the strategy for its window, capabilities and a state, and runs the one loop.
+
+>>> engine = Engine("smollm2-135m-instruct", strategy="full")          # loads nothing yet
+>>> engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text  # doctest: +SKIP
+'The capital of France is Paris.'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from . import chat as chat_mod
+from . import registry
+from .config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
+from .errors import ConfigError, ContextWindowError, InputError, LongctxError, SessionError
+from .generation import Completion, Delta, generate, run_to_end
+from .memory import Memory
+from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
+from .session import Session, check_compatible, read_session, save_session
+from .strategy import Strategy
+
+logger = logging.getLogger(__name__)
+
+PluginSpec = Union[str, dict, PluginConfig, Strategy, Memory, None]
+
+
+def _build_plugin(kind: str, spec: PluginSpec, default: str):
+    base = Strategy if kind == "strategy" else Memory
+    if isinstance(spec, base):
+        return spec
+    if spec is None:
+        spec = default
+    if isinstance(spec, str):
+        spec = PluginConfig(name=spec)
+    elif isinstance(spec, dict):
+        try:
+            spec = PluginConfig.model_validate(spec)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, kind)) from e
+    if not isinstance(spec, PluginConfig):
+        raise ConfigError(f"{kind}: expected a name, a mapping or a {base.__name__}, got {type(spec).__name__}")
+    cls, options = validate_plugin_options(kind, spec, kind)
+    return cls(options) if options is not None else cls()
+
+
+class TextStream:
+    """An iterator of text deltas; ``completion`` is set once it is exhausted."""
+
+    def __init__(self, gen: Iterator[Delta], on_done=None, on_close=None):
+        self._gen = gen
+        self._on_done = on_done
+        self._on_close = on_close
+        self.completion: Optional[Completion] = None
+        self._closed = False
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        try:
+            while True:
+                d = next(self._gen)
+                if d.text:
+                    return d.text
+        except StopIteration as stop:
+            self.completion = stop.value[0]
+            self._finish(ok=True)
+            raise StopIteration from None
+        except BaseException:
+            self._finish(ok=False)
+            raise
+
+    def _finish(self, ok: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if ok and self._on_done is not None:
+                self._on_done(self.completion)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def close(self) -> None:
+        """Stop early (releases the session; what was generated stays in its cache)."""
+        self._gen.close()
+        self._finish(ok=False)
+
+    def __del__(self):
+        if not self._closed and self._on_close is not None:
+            try:
+                self._on_close()
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass
+
+    def text(self) -> str:
+        """Drain and return the whole text."""
+        return "".join(self)
+
+
+class Engine:
+    """Runs prompts and chats on a local model under a long-context strategy."""
+
+    def __init__(
+        self,
+        model: Union[str, ModelHandle, LoadedModel] = DEFAULT_MODEL,
+        strategy: PluginSpec = "full",
+        memory: PluginSpec = "buffer",
+        generation: Union[GenerationConfig, dict, None] = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+    ):
+        if isinstance(model, LoadedModel):
+            self.model_handle = ModelHandle.from_loaded(model)
+        elif isinstance(model, ModelHandle):
+            self.model_handle = model
+        elif isinstance(model, str):
+            self.model_handle = ModelHandle(model, device=device, dtype=dtype)
+        else:
+            raise ConfigError(f"model: expected an alias, a path or a ModelHandle, got {type(model).__name__}")
+        self.strategy: Strategy = _build_plugin("strategy", strategy, "full")
+        self.memory: Memory = _build_plugin("memory", memory, "buffer")
+        if isinstance(generation, dict):
+            try:
+                generation = GenerationConfig(**generation)
+            except ValidationError as e:
+                raise ConfigError(format_validation_error(e, "generation")) from e
+        self.generation = generation or GenerationConfig()
+        self._sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._validated = False
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> "Engine":
+        return cls(
+            ModelHandle(config.model.source, config.model.device, config.model.dtype),
+            strategy=config.strategy,
+            memory=config.memory,
+            generation=config.generation,
+        )
+
+    # ---- model ---------------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel:
+        loaded = self.model_handle.get()
+        if not self._validated:
+            self.strategy.validate(loaded.info)
+            self._validated = True
+        return loaded
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.model_handle.source
+
+    @property
+    def context_window(self) -> Optional[int]:
+        """Tokens the model attends to under the active strategy (None: unbounded)."""
+        return self.strategy.context_window(self.loaded.info)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text, add_special_tokens=False))
+
+    def render_chat(self, messages: Sequence[Any], *, tools=None, add_generation_prompt: bool = True) -> str:
+        return chat_mod.render(
+            self.tokenizer, chat_mod.normalize_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt
+        )
+
+    # ---- parameters and checks ------------------------------------------------------------------------------
+    def params(self, **overrides: Any) -> GenerationConfig:
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "stop" in overrides:
+            stop = overrides["stop"]
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            overrides["stop"] = list(dict.fromkeys([*self.generation.stop, *stop]))
+        if not overrides:
+            return self.generation
+        try:
+            return GenerationConfig(**{**self.generation.model_dump(), **overrides})
+        except ValidationError as e:
+            raise InputError(format_validation_error(e, "generation")) from e
+
+    def _strategies_fitting(self, n: int) -> list[str]:
+        fits = []
+        info = self.loaded.info
+        for p in registry.available("strategy"):
+            try:
+                s = p.load()()
+                s.validate(info)
+                w = s.context_window(info)
+            except Exception:  # noqa: BLE001 - a strategy that needs options or weights cannot be listed
+                continue
+            if w is None or w >= n:
+                fits.append(f"{p.name} ({'unbounded' if w is None else w})")
+        return fits
+
+    def check_fits(self, n_tokens: int) -> None:
+        if n_tokens <= 0:
+            raise InputError("prompt: empty prompt (0 tokens); give some text")
+        if self.strategy.capabilities.unbounded:
+            return
+        window = self.context_window
+        if window is not None and n_tokens > window:
+            fits = self._strategies_fitting(n_tokens)
+            hint = f"installed strategies that fit it: {', '.join(fits)}" if fits else "no installed strategy fits it"
+            raise ContextWindowError(
+                f"prompt has {n_tokens} tokens but strategy {self.strategy.name!r} has a {window}-token window "
+                f"on {self.model_name}; {hint}"
+            )
+
+    # ---- stateless completion --------------------------------------------------------------------------------
+    def _run(self, ids: list[int], params: GenerationConfig, state=None) -> Iterator[Delta]:
+        loaded = self.loaded
+        self.check_fits(len(ids))
+        state = state or self.strategy.new_state(loaded, 1)
+        tensor = torch.tensor([ids], dtype=torch.long, device=loaded.device)
+        return generate(
+            state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window
+        )
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InputError("prompt: empty prompt; give some text")
+        return self.tokenize(prompt)
+
+    def complete(self, prompt: str, **gen: Any) -> Completion:
+        """Continue a plain-text prompt (no chat template)."""
+        params = self.params(**gen)
+        return run_to_end(self._run(self._prompt_ids(prompt), params))[0]
+
+    def stream(self, prompt: str, **gen: Any) -> TextStream:
+        params = self.params(**gen)
+        return TextStream(self._run(self._prompt_ids(prompt), params))
+
+    def complete_batch(self, prompts: Sequence[str], **gen: Any) -> list[Completion]:
+        """Several plain-text prompts in one left-padded batch (strategies with ``capabilities.batching``)."""
+        if not prompts:
+            return []
+        if not self.strategy.capabilities.batching:
+            return [self.complete(p, **gen) for p in prompts]
+        params = self.params(**gen)
+        rows = [self._prompt_ids(p) for p in prompts]
+        for r in rows:
+            self.check_fits(len(r))
+        loaded = self.loaded
+        width = max(len(r) for r in rows)
+        pad = loaded.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=loaded.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=loaded.device)
+        state = self.strategy.new_state(loaded, len(rows))
+        gen_ = generate(state, loaded.tokenizer, ids, mask, params, loaded.eos_token_ids, window=self.context_window)
+        return run_to_end(gen_)
+
+    # ---- chat and sessions ----------------------------------------------------------------------------------
+    def session(self, session_id: str) -> Session:
+        """The session with this id (created on first use)."""
+        if not isinstance(session_id, str) or not session_id:
+            raise InputError(f"session_id: expected a non-empty string, got {session_id!r}")
+        with self._sessions_lock:
+            s = self._sessions.get(session_id)
+            if s is None:
+                loaded = self.loaded
+                s = Session(session_id, self.strategy.new_state(loaded, 1), self.memory.new_state(loaded))
+                self._sessions[session_id] = s
+            return s
+
+    def sessions(self) -> list[str]:
+        with self._sessions_lock:
+            return list(self._sessions)
+
+    def reset_session(self, session_id: str) -> None:
+        with self._sessions_lock:
+            self._sessions.pop(session_id, None)
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "model": self.model_handle.source,
+            "strategy": self.strategy.describe(),
+            "memory": self.memory.describe(),
+        }
+
+    def save_session(self, session_id: str, directory) -> str:
+        with self._sessions_lock:
+            if session_id not in self._sessions:
+                raise SessionError(f"no session {session_id!r} (sessions: {', '.join(self._sessions) or 'none'})")
+            s = self._sessions[session_id]
+        return str(save_session(s, directory, self._header()))
+
+    def load_session(self, directory, session_id: Optional[str] = None) -> Session:
+        """Restore a saved session (optionally under a new id); replaces a live session of that id."""
+        doc, s_tensors, m_tensors = read_session(directory)
+        check_compatible(doc, self._header(), str(directory))
+        loaded = self.loaded
+        sid = session_id or doc["id"]
+        s = Session(sid, self.strategy.new_state(loaded, 1), self.memory.new_state(loaded))
+        s.state.load_state_dict(s_tensors, doc["strategy_meta"])
+        s.memory.load_state_dict(m_tensors, doc["memory_meta"])
+        s.history = doc["history"]
+        s.cached_ids = doc["cached_ids"]
+        s.turns = doc["turns"]
+        with self._sessions_lock:
+            self._sessions[sid] = s
+        return s
+
+    def _sync(self, session: Session, ids: list[int]) -> list[int]:
+        """Bring the session's cache to hold ``ids`` feeding as little as possible; return the tokens to feed."""
+        common = session.common_prefix(ids)
+        can_rewind = self.strategy.capabilities.rewind
+        if common == len(ids):  # everything cached: re-feed the last token to get its logits
+            common -= 1
+        if common < len(session.cached_ids):
+            if can_rewind:
+                session.state.rewind(common)
+                del session.cached_ids[common:]
+            # else: append-only caches (streaming) keep the stale tail; the new text follows it
+        feed = ids[common:]
+        session.cached_ids.extend(feed)
+        return feed
+
+    def _chat_stream(self, messages, session_id, tools, params) -> tuple[Iterator[Delta], Any, Any]:
+        if isinstance(messages, str):
+            if session_id is None:
+                messages = [{"role": "user", "content": messages}]
+            else:
+                messages = [*self.session(session_id).history, {"role": "user", "content": messages}]
+        msgs = chat_mod.normalize_messages(messages)
+        if all(not (m["content"] or "").strip() and not m.get("tool_calls") for m in msgs if m["role"] == "user"):
+            raise InputError("messages: the user messages are empty; give some text")
+        loaded = self.loaded
+        if session_id is None:
+            memory = self.memory.new_state(loaded)
+            text = chat_mod.render(loaded.tokenizer, memory.view(msgs), tools=tools)
+            ids = self.tokenize(text, add_special_tokens=False)
+            return self._run(ids, params), None, None
+        session = self.session(session_id)
+        session.lock.acquire()
+        try:
+            text = chat_mod.render(loaded.tokenizer, session.memory.view(msgs), tools=tools)
+            ids = self.tokenize(text, add_special_tokens=False)
+            self.check_fits(len(ids))
+            feed = self._sync(session, ids)
+            tensor = torch.tensor([feed], dtype=torch.long, device=loaded.device)
+            gen = generate(
+                session.state,
+                loaded.tokenizer,
+                tensor,
+                None,
+                params,
+                loaded.eos_token_ids,
+                window=self.context_window,
+                fed_tokens=[session.cached_ids],
+                prompt_tokens=[len(ids)],
+            )
+        except BaseException:
+            session.lock.release()
+            raise
+
+        def on_done(completion: Completion) -> None:
+            session.history = [*msgs, {"role": "assistant", "content": completion.text}]
+            session.turns += 1
+            session.memory.on_turn_end(session.history, session)
+
+        return gen, on_done, session.lock.release
+
+    def chat(self, messages, session_id: Optional[str] = None, *, tools=None, **gen: Any) -> Completion:
+        """Answer a conversation.
+
+        ``messages`` is the whole conversation (a list of dicts), or a string: a new user turn appended to the
+        session's history. With ``session_id`` the session's cache is reused, so only new tokens are fed.
+        """
+        stream = self.stream_chat(messages, session_id, tools=tools, **gen)
+        for _ in stream:
+            pass
+        return stream.completion
+
+    def stream_chat(self, messages, session_id: Optional[str] = None, *, tools=None, **gen: Any) -> TextStream:
+        params = self.params(**gen)
+        g, on_done, on_close = self._chat_stream(messages, session_id, tools, params)
+        return TextStream(g, on_done=on_done, on_close=on_close)
+
+    # ---- scoring ---------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, ids: Union[Sequence[int], torch.Tensor], *, chunk_size: int = 1024) -> torch.Tensor:
+        """Per-token negative log-likelihoods (n-1,) of a token sequence under the active strategy.
+
+        Fed in pieces of ``chunk_size`` tokens so memory stays bounded (logits are never held for the whole text).
+        The strategy's window is not enforced here: measuring plain attention past its window is the point of
+        perplexity benchmarks.
+        """
+        loaded = self.loaded
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        n = ids.numel()
+        if n < 2:
+            raise InputError(f"score: need at least 2 tokens, got {n}")
+        state = self.strategy.new_state(loaded, 1)
+        ids = ids.to(loaded.device)
+        out = []
+        for start in range(0, n - 1, chunk_size):
+            piece = ids[start : min(start + chunk_size, n - 1)]
+            logits = state.forward(piece[None], all_logits=True)[0].float()  # (T, V)
+            targets = ids[start + 1 : start + 1 + piece.numel()]
+            out.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+        return torch.cat(out).cpu()
+
+    def perplexity(self, ids, **kwargs: Any) -> float:
+        return math.exp(self.score(ids, **kwargs).mean().item())
+
+    def __repr__(self) -> str:
+        return f"Engine(model={self.model_handle!r}, strategy={self.strategy!r}, memory={self.memory.describe()})"

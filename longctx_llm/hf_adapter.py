@@ -1,0 +1,313 @@
+"""Every touch of transformers internals lives here (and only here).
+
+The seams used (transformers 5.x):
+- ``AttentionInterface.register`` for one attention function, ``"longctx"``, that dispatches to the active
+  strategy's attention (passed per call as the ``longctx`` keyword, never stored process-wide) or to the stock
+  SDPA path. No ``forward`` is monkeypatched. Because no mask function is registered under that name,
+  transformers builds no attention mask at all (``masking_utils`` returns early), so nothing n x n is ever
+  materialised unless the default path builds a (chunk x cache) mask itself.
+- the model's rotary embedding module (``inv_freq``, ``attention_scaling``, partial rotary) to re-rotate queries
+  and keys by position deltas (DCA's query rotations, StreamingLLM's cache shifts);
+- ``DynamicCache`` and the ``logits_to_keep`` forward argument.
+
+The version range below is the one the test-suite runs against (tests/unit/test_hf_adapter.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TRANSFORMERS = ">=5.17,<5.24"
+ATTENTION_NAME = "longctx"
+#: model_type -> (decoder attribute on the CausalLM, rotary attribute on the decoder)
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "llama": ("model", "rotary_emb"),
+    "mistral": ("model", "rotary_emb"),
+    "qwen2": ("model", "rotary_emb"),
+    "qwen3": ("model", "rotary_emb"),
+    "gpt_neox": ("gpt_neox", "rotary_emb"),
+}
+#: rope types whose frequencies do not depend on the sequence length, so rotations compose (R(a)R(b) = R(a+b)).
+STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn", "ntk"}
+
+
+def check_transformers_version() -> str:
+    """Return the installed version; warn once if it is outside the tested range."""
+    import transformers
+    from packaging.specifiers import SpecifierSet
+
+    version = transformers.__version__
+    if version not in SpecifierSet(SUPPORTED_TRANSFORMERS):
+        logger.warning(
+            "transformers %s is outside the tested range %s; strategies may break", version, SUPPORTED_TRANSFORMERS
+        )
+    return version
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention dispatch
+# --------------------------------------------------------------------------------------------------------------
+
+AttentionFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class AttentionContext:
+    """Per-forward information handed to attention functions (the ``longctx`` keyword of the model call).
+
+    Attributes:
+        q_positions: (B, T) logical positions of the new queries (the position in the text, or in the cache for
+            strategies that assign positions inside the cache).
+        key_padding: (B, K) bool over every key the cache returns (True = real token), or None when no row pads.
+        attention: the strategy's attention function, or None for plain causal attention.
+        extra: free-form per-strategy data (chunk sizes, rotary tables...).
+    """
+
+    q_positions: torch.Tensor
+    key_padding: Optional[torch.Tensor] = None
+    attention: Optional[AttentionFn] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    _key_positions: Optional[torch.Tensor] = None
+
+    def key_positions(self, kv_len: int) -> torch.Tensor:
+        """(B, K) logical positions of the keys in a cache laid out in text order (left padding counts 0)."""
+        if self._key_positions is None or self._key_positions.shape[-1] != kv_len:
+            device = self.q_positions.device
+            if self.key_padding is None:
+                pos = torch.arange(kv_len, device=device).unsqueeze(0)
+            else:
+                pos = (self.key_padding.long().cumsum(-1) - 1).clamp_min(0)
+            self._key_positions = pos
+        return self._key_positions
+
+
+def causal_padding_mask(ctx: AttentionContext, q_len: int, kv_len: int) -> Optional[torch.Tensor]:
+    """(B|1, 1, T, K) bool mask for new queries appended at the end of the cache, or None if plain causal works.
+
+    Queries always see themselves so that padding rows never produce NaN.
+    """
+    if ctx.key_padding is None and (q_len == kv_len or q_len == 1):
+        return None
+    device = ctx.q_positions.device
+    k_idx = torch.arange(kv_len, device=device)
+    q_idx = torch.arange(kv_len - q_len, kv_len, device=device)
+    mask = k_idx[None, :] <= q_idx[:, None]  # (T, K)
+    if ctx.key_padding is None:
+        return mask[None, None]
+    diag = k_idx[None, :] == q_idx[:, None]
+    return ((mask[None] & ctx.key_padding[:, None, :]) | diag[None])[:, None]  # (B, 1, T, K)
+
+
+def default_attention(module, query, key, value, ctx: AttentionContext, *, scaling, dropout=0.0, **kwargs):
+    """Plain causal attention through transformers' own SDPA path (bit-for-bit the stock ``sdpa`` result)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = causal_padding_mask(ctx, query.shape[2], key.shape[2])
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
+
+
+def _longctx_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, longctx=None, **kwargs):
+    """The registered attention function: dispatch on the per-call context, never on global state."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if longctx is None:  # called outside our loop (e.g. plain model.generate): behave like sdpa
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+    fn = longctx.attention or default_attention
+    out = fn(module, query, key, value, longctx, scaling=scaling, dropout=dropout)
+    if isinstance(out, tuple):
+        return out
+    return out, None
+
+
+_registered = False
+
+
+def register_attention() -> None:
+    """Register the ``longctx`` attention function (idempotent; adds a name, changes no other model)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, _longctx_attention)
+    _registered = True
+
+
+def use_longctx_attention(model) -> None:
+    """Point one loaded model at the dispatching attention function."""
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model facts and rotary embeddings
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What strategies need to know about a model, read once from its config."""
+
+    model_type: str
+    pretraining_length: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_type: Optional[str]  # None: no rotary embedding (GPT-2, ALiBi models)
+
+    @property
+    def has_rope(self) -> bool:
+        return self.rope_type is not None
+
+
+def model_info(config) -> ModelInfo:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    mtype = getattr(text, "model_type", "unknown")
+    heads = text.num_attention_heads
+    rope = getattr(text, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if (mtype in ARCHITECTURES or rope) else None
+    if getattr(text, "position_embedding_type", None) == "alibi" or getattr(text, "alibi", False):
+        rope_type = None
+    return ModelInfo(
+        model_type=mtype,
+        pretraining_length=int(getattr(text, "max_position_embeddings", 0) or 0),
+        num_layers=text.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        rope_type=rope_type,
+    )
+
+
+def require_rope(info: ModelInfo, strategy: str) -> None:
+    """Raise a clear error unless the model is a supported RoPE architecture with a static rope type."""
+    if info.model_type not in ARCHITECTURES or not info.has_rope:
+        raise UnsupportedModelError(
+            f"strategy {strategy!r} needs a rotary-position model; model_type {info.model_type!r} is not supported "
+            f"(supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    if info.rope_type not in STATIC_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"strategy {strategy!r} needs position-independent rope frequencies; rope_type {info.rope_type!r} is "
+            f"not supported (supported: {', '.join(sorted(STATIC_ROPE_TYPES))})"
+        )
+
+
+def rotary_module(model):
+    mtype = model.config.model_type
+    if mtype not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model_type {mtype!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    decoder_attr, rotary_attr = ARCHITECTURES[mtype]
+    return getattr(getattr(model, decoder_attr), rotary_attr)
+
+
+@dataclass
+class Rotary:
+    """RoPE of one model, in the rotate-half convention all supported architectures use.
+
+    ``rotate(x, delta)`` turns a vector rotated at position p into the same vector rotated at p + delta, which is
+    how DCA re-rotates queries and StreamingLLM shifts kept keys. Frequencies are static, so rotations compose.
+    """
+
+    inv_freq: torch.Tensor  # (rotary_dim / 2,) float32
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.inv_freq.shape[0] * 2
+
+    @classmethod
+    def of(cls, model) -> "Rotary":
+        module = rotary_module(model)
+        return cls(inv_freq=module.inv_freq.detach().float().clone())
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of shape (*positions.shape, rotary_dim) for float/int positions (no attention scaling)."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Rotate x (B, H, T, D) by ``delta`` positions; delta is (T,), (B, T) or a scalar tensor."""
+        if delta.dim() == 0:
+            delta = delta.reshape(1)
+        cos, sin = self.cos_sin(delta, x.dtype)
+        if cos.dim() == 2:  # (T, R) -> (1, 1, T, R)
+            cos, sin = cos[None, None], sin[None, None]
+        else:  # (B, T, R) -> (B, 1, T, R)
+            cos, sin = cos[:, None], sin[:, None]
+        r = self.rotary_dim
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        half = r // 2
+        rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+        out = x_rot * cos + rotated_half * sin
+        return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Caches and the forward call
+# --------------------------------------------------------------------------------------------------------------
+
+
+def new_dynamic_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def cache_length(cache) -> int:
+    return 0 if cache is None else int(cache.get_seq_length())
+
+
+def crop_cache(cache, length: int) -> None:
+    """Drop every cached position from ``length`` on (DynamicCache only)."""
+    cache.crop(length)
+
+
+def cache_tensors(cache) -> dict[str, torch.Tensor]:
+    """Flat name -> tensor view of a DynamicCache, for saving."""
+    out = {}
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is None or layer.keys is None:
+            continue
+        out[f"layer{i}.keys"] = layer.keys
+        out[f"layer{i}.values"] = layer.values
+    return out
+
+
+def load_cache_tensors(model, tensors: dict[str, torch.Tensor], device) -> Any:
+    """Rebuild a DynamicCache from :func:`cache_tensors` output."""
+    cache = new_dynamic_cache(model)
+    n = model.config.get_text_config().num_hidden_layers
+    for i in range(n):
+        k = tensors.get(f"layer{i}.keys")
+        if k is None:
+            continue
+        cache.update(k.to(device), tensors[f"layer{i}.values"].to(device), i)
+    return cache
+
+
+def forward(model, input_ids, *, position_ids, cache, ctx: AttentionContext, logits_to_keep: int = 1, **kwargs):
+    """One forward pass of new tokens against ``cache``; returns logits (B, logits_to_keep or T, V)."""
+    out = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=logits_to_keep,
+        longctx=ctx,
+        **kwargs,
+    )
+    return out.logits

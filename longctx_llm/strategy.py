@@ -1,0 +1,221 @@
+"""The strategy contract: how a prompt is laid into the model (cache, attention, positions).
+
+A :class:`Strategy` is the configured plugin (one per pipeline); a :class:`StrategyState` is its per-sequence
+state (one per session). The engine only ever calls ``StrategyState.forward`` (feed new tokens, get logits),
+``rewind`` (drop cached tokens for prefix reuse) and ``state_dict``/``load_state_dict``; it never branches on a
+strategy's name.
+
+Most strategies are a KV cache plus a different choice at one of three seams, so :class:`KVCacheState`
+implements ``forward`` once (chunked prefill, padding, positions) and lets a subclass override only:
+
+- :meth:`KVCacheState.make_cache` — the cache (StreamingLLM: sink + ring window);
+- :meth:`KVCacheState.rope_positions` — the positions fed to RoPE (DCA: ``j mod s``);
+- :meth:`KVCacheState.attention` — the attention function (DCA: three partial attentions, LSE-merged).
+
+Strategies that act differently (RCC encodes the prompt once, window by window) override ``forward`` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from . import hf_adapter
+from .errors import LongctxError, SessionError
+from .progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy supports; the engine and integrations read these instead of names."""
+
+    batching: bool = True  # several rows with left padding in one forward
+    cpu: bool = True
+    rewind: bool = True  # can drop cached tokens past a length (prefix reuse across chat turns)
+    save: bool = True  # state saves to / restores from disk
+    unbounded: bool = False  # streams past its window by evicting (no prompt-length limit)
+
+
+class StrategyOptions(BaseModel):
+    """Base of every strategy's options model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strategy(ABC):
+    """A long-prompt strategy plugin.
+
+    Subclasses set ``name``, ``Options`` (a :class:`StrategyOptions` subclass) and ``capabilities``, and
+    implement :meth:`context_window` and :meth:`new_state`. They are registered under the entry-point group
+    ``longctx_llm.strategies``.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, options: Optional[StrategyOptions] = None, **kwargs: Any):
+        if options is None:
+            options = self.Options(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either an options object or keyword options, not both")
+        self.options = options
+
+    def validate(self, info: hf_adapter.ModelInfo) -> None:
+        """Raise :class:`~longctx_llm.errors.ConfigError` or ``UnsupportedModelError`` if unusable on a model."""
+
+    @abstractmethod
+    def context_window(self, info: hf_adapter.ModelInfo) -> Optional[int]:
+        """Tokens the model can attend to under this strategy (None: unbounded, e.g. streaming)."""
+
+    @abstractmethod
+    def new_state(self, model, batch_size: int = 1) -> "StrategyState":
+        """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.models.LoadedModel`)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options.model_dump()}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+        return f"{type(self).__name__}({opts})"
+
+
+class StrategyState(ABC):
+    """Per-sequence model-side state of a strategy."""
+
+    #: tokens fed so far (columns, padding included)
+    seen: int = 0
+
+    @abstractmethod
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Feed new tokens (B, T); return logits (B, T, V) if ``all_logits`` else (B, 1, V) for the last one."""
+
+    def rewind(self, length: int) -> None:
+        raise LongctxError(f"{type(self).__name__} cannot rewind its cache")
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        raise SessionError(f"{type(self).__name__} does not support saving")
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        raise SessionError(f"{type(self).__name__} does not support restoring")
+
+
+class KVCacheState(StrategyState):
+    """A KV-cache state with chunked prefill and left-padding support; override the seams, not ``forward``."""
+
+    #: longest piece fed in one forward during prefill; bounds activation memory (None: no chunking)
+    prefill_chunk_size: Optional[int] = 2048
+
+    def __init__(self, model, batch_size: int = 1, prefill_chunk_size: Optional[int] = None):
+        self.model = model  # LoadedModel
+        self.batch_size = batch_size
+        if prefill_chunk_size is not None:
+            self.prefill_chunk_size = prefill_chunk_size
+        self.cache = self.make_cache()
+        self.seen = 0
+        self.padding: Optional[torch.Tensor] = None  # (B, seen) bool, None while no row has padding
+        self.real_tokens = torch.zeros(batch_size, dtype=torch.long, device=model.device)  # (B,)
+
+    # ---- seams -------------------------------------------------------------------------------------------
+    def make_cache(self):
+        return hf_adapter.new_dynamic_cache(self.model.model)
+
+    def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
+        """Positions fed to RoPE for new tokens at ``logical`` (B, T) positions."""
+        return logical
+
+    def attention(self) -> Optional[hf_adapter.AttentionFn]:
+        """The attention function (None: plain causal attention)."""
+        return None
+
+    def attention_extra(self) -> dict[str, Any]:
+        return {}
+
+    # ---- the one forward ----------------------------------------------------------------------------------
+    def _chunk(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
+        B, T = ids.shape
+        new_mask = mask.bool() if mask is not None else None
+        if new_mask is not None and bool(new_mask.all()):
+            new_mask = None
+        if new_mask is None:
+            logical = self.real_tokens[:, None] + torch.arange(T, device=ids.device)[None, :]
+        else:
+            logical = (self.real_tokens[:, None] + new_mask.long().cumsum(-1) - 1).clamp_min(0)
+        if self.padding is None and new_mask is not None:
+            self.padding = torch.ones(B, self.seen, dtype=torch.bool, device=ids.device)
+        if self.padding is not None:
+            piece = new_mask if new_mask is not None else torch.ones(B, T, dtype=torch.bool, device=ids.device)
+            key_padding = torch.cat([self.padding, piece], dim=1)
+        else:
+            key_padding = None
+        ctx = hf_adapter.AttentionContext(
+            q_positions=logical, key_padding=key_padding, attention=self.attention(), extra=self.attention_extra()
+        )
+        logits = hf_adapter.forward(
+            self.model.model,
+            ids,
+            position_ids=self.rope_positions(logical),
+            cache=self.cache,
+            ctx=ctx,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        self.padding = key_padding
+        self.real_tokens = self.real_tokens + (T if new_mask is None else new_mask.long().sum(-1))
+        self.seen += T
+        return logits
+
+    @torch.inference_mode()
+    def forward(self, input_ids, attention_mask=None, *, all_logits=False):
+        input_ids = input_ids.to(self.model.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.model.device)
+        B, T = input_ids.shape
+        if B != self.batch_size:
+            raise LongctxError(f"state was made for batch size {self.batch_size}, got {B} rows")
+        step = self.prefill_chunk_size or T
+        if T <= step:
+            return self._chunk(input_ids, attention_mask, all_logits)
+        outs = []
+        with progress_bar(total=T, desc="prefill", unit="tok", enabled=T >= 8 * step) as bar:
+            for start in range(0, T, step):
+                sl = slice(start, start + step)
+                m = attention_mask[:, sl] if attention_mask is not None else None
+                out = self._chunk(input_ids[:, sl], m, all_logits)
+                if all_logits:
+                    outs.append(out)
+                bar.update(out.shape[1] if all_logits else min(step, T - start))
+        return torch.cat(outs, dim=1) if all_logits else out
+
+    def rewind(self, length: int) -> None:
+        if not 0 <= length <= self.seen:
+            raise LongctxError(f"cannot rewind to {length}: the cache holds {self.seen} tokens")
+        hf_adapter.crop_cache(self.cache, length)
+        self.seen = length
+        if self.padding is not None:
+            self.padding = self.padding[:, :length]
+            self.real_tokens = self.padding.long().sum(-1)
+        else:
+            self.real_tokens = torch.full_like(self.real_tokens, length)
+
+    def state_dict(self):
+        tensors = dict(hf_adapter.cache_tensors(self.cache))
+        if self.padding is not None:
+            tensors["padding"] = self.padding
+        tensors["real_tokens"] = self.real_tokens
+        return tensors, {"seen": self.seen, "batch_size": self.batch_size}
+
+    def load_state_dict(self, tensors, meta):
+        device = self.model.device
+        self.cache = hf_adapter.load_cache_tensors(self.model.model, tensors, device)
+        self.seen = int(meta["seen"])
+        self.padding = tensors["padding"].to(device) if "padding" in tensors else None
+        self.real_tokens = tensors["real_tokens"].to(device)
