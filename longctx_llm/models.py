@@ -218,15 +218,21 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto") -> Loaded
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ModelLoadError(f"could not load model {source!r}: {type(e).__name__}: {e}") from e
-    model.to(dev).eval()
+    return wrap_model(model.to(dev), tokenizer, source=source)
+
+
+def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
+    """Make a :class:`LoadedModel` of an already-built transformers model (tests, notebooks, custom loading)."""
+    model.eval()
     hf_adapter.use_longctx_attention(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    param = next(model.parameters())
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        device=dev,
-        dtype=dt,
+        device=param.device,
+        dtype=param.dtype,
         source=source,
         info=hf_adapter.model_info(model.config),
         eos_token_ids=_eos_ids(tokenizer, model),

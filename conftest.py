@@ -1,0 +1,73 @@
+"""Shared pytest fixtures (root level so plugin and integration test folders see them too).
+
+- ``tokenizer``: the embedded SmolLM2 tokenizer (loaded once per session).
+- ``tiny_model(arch)``: a tiny random-weight model of one supported architecture, wrapped as a LoadedModel.
+- ``smollm``: the real embedded SmolLM2-135M-Instruct (integration tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LONGCTX_PROGRESS", "0")
+
+import pytest
+import torch
+
+TINY_ARCHS = ("llama", "qwen2", "gpt_neox")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from longctx_llm.models import ModelHandle
+
+    return ModelHandle("smollm2-135m-instruct", device="cpu", dtype="float32").get()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm):
+    return smollm.tokenizer
+
+
+def make_tiny_config(arch: str, max_positions: int = 256, **overrides):
+    """A 2-layer random config of ``arch`` with the SmolLM2 vocabulary (49152)."""
+    from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_positions,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=2,
+    )
+    common.update(overrides)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(**common, rotary_pct=0.5, use_parallel_residual=True)
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+    extra = {"num_key_value_heads": 2}
+    if arch == "qwen3":
+        extra["head_dim"] = 16
+    return cls(**common, **extra)
+
+
+def build_tiny(arch: str, tokenizer, seed: int = 0, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    from longctx_llm.models import wrap_model
+
+    torch.manual_seed(seed)
+    cfg = make_tiny_config(arch, **overrides)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return wrap_model(model, tokenizer, source=f"tiny-{arch}")
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """Factory: ``tiny_model("llama", max_positions=256)`` -> LoadedModel with random weights."""
+    return lambda arch="llama", **kw: build_tiny(arch, tokenizer, **kw)
