@@ -56,6 +56,10 @@ def check_transformers_version() -> str:
 # Attention dispatch
 # --------------------------------------------------------------------------------------------------------------
 
+#: ``fn(module, query, key, value, ctx, *, scaling, dropout) -> (B, T, H, D)`` tensor (or ``(tensor, weights)``).
+#: query (B, H, T, D) is already rotated by RoPE at ``rope_positions``; key/value (B, H_kv, K, D) are the whole
+#: cache after this step's update, new keys last. Like transformers' own attention functions, the output is
+#: transposed to (B, T, H, D).
 AttentionFn = Callable[..., torch.Tensor]
 
 
@@ -272,8 +276,15 @@ def cache_length(cache) -> int:
 
 
 def crop_cache(cache, length: int) -> None:
-    """Drop every cached position from ``length`` on (DynamicCache only)."""
-    cache.crop(length)
+    """Drop every cached position from ``length`` on.
+
+    Slices the layers directly: ``DynamicCache.crop``'s argument changed meaning within 5.x (absolute length, then
+    a count to remove), which is exactly the kind of drift this module exists to absorb.
+    """
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
 
 
 def cache_tensors(cache) -> dict[str, torch.Tensor]:

