@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import registry
 from .errors import ConfigError, PluginError
@@ -77,10 +77,16 @@ def _as_plugin(v: Any) -> Any:
 
 class PipelineConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
-    strategy: PluginConfig = Field(default_factory=lambda: PluginConfig(name="full"))
+    strategy: Union[PluginConfig, list[PluginConfig]] = Field(
+        default_factory=lambda: PluginConfig(name="full"),
+        description="One strategy, or two composed: [cache owner, attention] (see longctx_llm.compose).",
+    )
     memory: PluginConfig = Field(default_factory=lambda: PluginConfig(name="buffer"))
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     component: PluginConfig = Field(default_factory=lambda: PluginConfig(name="chat"))
+    #: the YAML file this config was read from (set by :func:`load_config`; None for mappings), so components can
+    #: resolve relative paths (a documents folder) next to the file
+    _source_path: Optional[Path] = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -90,7 +96,14 @@ class PipelineConfig(_Strict):
             for key in ("strategy", "memory", "component"):
                 if key in data:
                     data[key] = _as_plugin(data[key])
+            if isinstance(data.get("strategy"), list):
+                data["strategy"] = [_as_plugin(v) for v in data["strategy"]]
         return data
+
+    @property
+    def source_path(self) -> Optional[Path]:
+        """The YAML file this config came from (None when built from a mapping)."""
+        return self._source_path
 
 
 def _fmt_loc(prefix: str, loc: tuple) -> str:
@@ -151,7 +164,13 @@ def parse_config(data: Union[dict, PipelineConfig, None], *, check_plugins: bool
         except ValidationError as e:
             raise ConfigError(format_validation_error(e)) from e
     if check_plugins:
-        validate_plugin_options("strategy", cfg.strategy, "strategy")
+        if isinstance(cfg.strategy, list):
+            if len(cfg.strategy) != 2:
+                raise ConfigError(f"strategy: a list composes exactly 2 strategies, got {len(cfg.strategy)}")
+            for i, item in enumerate(cfg.strategy):
+                validate_plugin_options("strategy", item, f"strategy[{i}]")
+        else:
+            validate_plugin_options("strategy", cfg.strategy, "strategy")
         validate_plugin_options("memory", cfg.memory, "memory")
         validate_plugin_options("component", cfg.component, "component")
     return cfg
@@ -168,9 +187,11 @@ def load_config(path: Union[str, Path], *, check_plugins: bool = True) -> Pipeli
         raise ConfigError(f"pipeline file {str(p)!r} cannot be read: {e}") from e
     data = _load_yaml(text, str(p))
     try:
-        return parse_config(data, check_plugins=check_plugins)
+        cfg = parse_config(data, check_plugins=check_plugins)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from e
+    cfg._source_path = p.resolve()
+    return cfg
 
 
 def json_schema() -> dict[str, Any]:
@@ -194,7 +215,10 @@ def json_schema() -> dict[str, Any]:
                 defs[k] = v
             variants.append(sub)
         if variants:
-            schema["properties"][kind] = {"anyOf": [{"type": "string"}, *variants]}
+            one = [{"type": "string"}, *variants]
+            if kind == "strategy":
+                one.append({"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": one[:]}})
+            schema["properties"][kind] = {"anyOf": one}
     return schema
 
 

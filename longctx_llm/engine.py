@@ -38,6 +38,10 @@ def _build_plugin(kind: str, spec: PluginSpec, default: str):
     base = Strategy if kind == "strategy" else Memory
     if isinstance(spec, base):
         return spec
+    if kind == "strategy" and isinstance(spec, (list, tuple)):
+        from .compose import StackedStrategy
+
+        return StackedStrategy([_build_plugin(kind, item, default) for item in spec])
     if spec is None:
         spec = default
     if isinstance(spec, str):

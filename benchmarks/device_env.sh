@@ -1,0 +1,23 @@
+# Source at the start of every command on the lent GPU machine (see benchmarks/README.md):
+#   . benchmarks/device_env.sh
+# Installs the carried wheels (.whl: gguf, pydantic...) and this repository's distributions without touching the
+# image's torch/transformers, and assembles the embedded model's GGUF from its carried halves (.gguf/part_*,
+# one per call because of the per-call carry limit) at /root/smol.gguf.
+set -e
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 LONGCTX_PROGRESS=0
+if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  touch /tmp/site/.done
+fi
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .gguf ]; then
+  for p in .gguf/part_*; do cp -n "$p" /root/ 2>/dev/null || true; done
+  if [ ! -f /root/smol.gguf ] && [ -f /root/part_aa ] && [ -f /root/part_ab ]; then
+    cat /root/part_aa /root/part_ab > /root/smol.gguf
+  fi
+fi
+pkgs=(-e .)
+for d in plugins/*/; do [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d"); done
+python3 -m pip install -q --no-index --no-deps --no-build-isolation "${pkgs[@]}" >/tmp/pip-install.log 2>&1 || {
+  echo "device_env: editable install failed"; tail -20 /tmp/pip-install.log; }
+set +e
