@@ -216,7 +216,7 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto") -> Loaded
             model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dt, **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except Exception as e:  # a corrupt or unsupported file fails in many ways (struct.error, KeyError...)
         raise ModelLoadError(f"could not load model {source!r}: {type(e).__name__}: {e}") from e
     return wrap_model(model.to(dev), tokenizer, source=source)
 

@@ -9,6 +9,7 @@ Most strategies are a KV cache plus a different choice at one of three seams, so
 implements ``forward`` once (chunked prefill, padding, positions) and lets a subclass override only:
 
 - :meth:`KVCacheState.make_cache` — the cache (StreamingLLM: sink + ring window);
+- :meth:`KVCacheState.logical_positions` — where new tokens sit (StreamingLLM: the next cache slots);
 - :meth:`KVCacheState.rope_positions` — the positions fed to RoPE (DCA: ``j mod s``);
 - :meth:`KVCacheState.attention` — the attention function (DCA: three partial attentions, LSE-merged).
 
@@ -129,6 +130,17 @@ class KVCacheState(StrategyState):
     def make_cache(self):
         return hf_adapter.new_dynamic_cache(self.model.model)
 
+    def logical_positions(self, new_tokens: int, new_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T) positions of ``new_tokens`` new tokens in the sequence attended to (default: the text).
+
+        Called once per forward piece, before the model runs. Strategies that assign positions inside their cache
+        override it (StreamingLLM: the next cache slots, arXiv 2309.17453 §3.2).
+        """
+        device = self.real_tokens.device
+        if new_mask is None:
+            return self.real_tokens[:, None] + torch.arange(new_tokens, device=device)[None, :]
+        return (self.real_tokens[:, None] + new_mask.long().cumsum(-1) - 1).clamp_min(0)
+
     def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
         """Positions fed to RoPE for new tokens at ``logical`` (B, T) positions."""
         return logical
@@ -146,10 +158,7 @@ class KVCacheState(StrategyState):
         new_mask = mask.bool() if mask is not None else None
         if new_mask is not None and bool(new_mask.all()):
             new_mask = None
-        if new_mask is None:
-            logical = self.real_tokens[:, None] + torch.arange(T, device=ids.device)[None, :]
-        else:
-            logical = (self.real_tokens[:, None] + new_mask.long().cumsum(-1) - 1).clamp_min(0)
+        logical = self.logical_positions(T, new_mask)
         if self.padding is None and new_mask is not None:
             self.padding = torch.ones(B, self.seen, dtype=torch.bool, device=ids.device)
         if self.padding is not None:

@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmark scripts: output folder, JSON, optional PNG plot, table printing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def out_dir(path: str) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def header(device: str, **extra) -> dict:
+    return {"device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **extra}
+
+
+def write_json(out: Path, name: str, data: dict) -> None:
+    (out / name).write_text(json.dumps(data, indent=2))
+
+
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(cols, widths)))
+
+
+def plot(out: Path, name: str, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str,
+         logx: bool = True, logy: bool = False) -> None:
+    """Write ``name`` (PNG) when matplotlib is importable; silently skip otherwise."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, pts in series.items():
+        pts = [p for p in pts if p[1] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""DCA's options: sizes in tokens, each defaulting to the paper's choice derived from the pretraining length L.
+
+Validated twice: without the model when the pipeline is parsed (types, signs, local_window < chunk_size when both
+are given), and against the model in :meth:`DCAStrategy.validate` (chunk_size < L, RoPE architecture).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from longctx_llm.strategy import StrategyOptions
+
+BACKENDS = ("auto", "math", "cpu_flash", "cuda_flash", "cuda_cudnn", "cuda_efficient", "flash_attn")
+
+
+class DCAOptions(StrategyOptions):
+    chunk_size: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Largest relative distance the model sees (s + w); must be < the pretraining length L. "
+        "Default 3L/4 (DCA §4.1).",
+    )
+    local_window: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Keys near a chunk boundary that keep exact distances (w); must be < chunk_size. Default L/8.",
+    )
+    max_length: Optional[int] = Field(
+        None, gt=0, description="Context window reported to the engine and integrations. Default 8L."
+    )
+    pretraining_length: Optional[int] = Field(
+        None, gt=0, description="L; default: the model config's max_position_embeddings."
+    )
+    temperature_scaling: bool = Field(
+        False, description="Scale logits by (0.1 ln(n/L) + 1)^2 past L (YaRN-style, DCA §3.3); off by default."
+    )
+    prefill_chunk_size: Optional[int] = Field(
+        None, gt=0, description="Tokens per forward during prefill (bounds memory). Default: the chunk length s."
+    )
+    backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]
+        "auto", description="Partial-attention kernel; auto picks the fastest usable one on the device."
+    )
+
+    @model_validator(mode="after")
+    def _window_inside_chunk(self) -> "DCAOptions":
+        if self.chunk_size is not None and self.local_window is not None and self.local_window >= self.chunk_size:
+            raise ValueError(
+                f"local_window must be smaller than chunk_size, got local_window={self.local_window} >= "
+                f"chunk_size={self.chunk_size} (valid: 0 < local_window < chunk_size)"
+            )
+        return self
