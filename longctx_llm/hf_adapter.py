@@ -114,7 +114,22 @@ def default_attention(module, query, key, value, ctx: AttentionContext, *, scali
     """Plain causal attention through transformers' own SDPA path (bit-for-bit the stock ``sdpa`` result)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    mask = causal_padding_mask(ctx, query.shape[2], key.shape[2])
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if ctx.key_padding is None and 1 < q_len < kv_len:
+        # a prefill piece after cached tokens: bottom-right causal alignment without materialising a mask, so the
+        # fused (flash / memory-efficient) kernels still run
+        from torch.nn.attention.bias import causal_lower_right
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=causal_lower_right(q_len, kv_len),
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )  # (B, H, T, D)
+        return out.transpose(1, 2).contiguous()
+    mask = causal_padding_mask(ctx, q_len, kv_len)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
 
 

@@ -1,0 +1,74 @@
+"""Where a decode step's time goes at a long context: torch.profiler over a few steps, full vs DCA.
+
+    python benchmarks/profile_decode.py --context 65536 --out bench-out
+    python benchmarks/profile_decode.py --device cpu --context 2048 --hidden 256 --heads 4 --kv-heads 2 --layers 2   # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from _common import out_dir, write_json
+
+from longctx_llm import registry
+from longctx_llm.models import ModelHandle, wrap_model
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--context", type=int, default=65536)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=14336)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=128256)
+    p.add_argument("--strategies", default="full,dca")
+    p.add_argument("--out", default="bench-out")
+    args = p.parse_args(argv)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=8192)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    tok = ModelHandle("smollm2-135m-instruct", device="cpu").get().tokenizer
+    lm = wrap_model(model, tok, source="random-llama")
+    x = torch.randint(10, args.vocab, (1, args.context))
+    results = {}
+    for name in args.strategies.split(","):
+        s = registry.get("strategy", name)(max_length=args.context + 64)
+        state = s.new_state(lm)
+        state.forward(x)
+        one = torch.tensor([[17]], device=device)
+        for _ in range(2):
+            state.forward(one)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(args.steps):
+                state.forward(one)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) / args.steps * 1e3
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=15)
+        print(f"\n== {name}: {ms:.2f} ms per decode step at context {args.context} (profiled)\n{table}", flush=True)
+        results[name] = {"ms_per_step_profiled": ms, "table": table}
+        del state
+    write_json(out_dir(args.out), "profile_decode.json", results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
