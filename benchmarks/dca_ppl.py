@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--dca-chunk-size", type=int, default=None, help="override DCA's chunk_size")
     p.add_argument("--dca-local-window", type=int, default=None, help="override DCA's local_window")
     p.add_argument("--score-chunk", type=int, default=4096, help="tokens per scoring piece")
+    p.add_argument("--tail", type=int, default=1024, help="also report the ppl of the last N tokens at each length")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -62,6 +63,11 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             nll = Engine(loaded, strategy=spec).score(ids[:n], chunk_size=args.score_chunk)
             row[f"{name}_ppl"] = math.exp(nll.mean().item())
+            # the same final ``--tail`` tokens (those before max(lengths)) read with n tokens of context: isolates
+            # the effect of the context length from the difficulty of the text
+            end = max(lengths)
+            tail = Engine(loaded, strategy=spec).score(ids[end - n : end], chunk_size=args.score_chunk)
+            row[f"{name}_tail_ppl"] = math.exp(tail[-args.tail :].mean().item())
             row[f"{name}_s"] = time.perf_counter() - t
         rows.append(row)
         print(f"  {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "length"), flush=True)
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
         first = rows[0][f"{name}_ppl"]
         for r in rows:
             r[f"{name}_ratio_to_first"] = r[f"{name}_ppl"] / first
-    cols = ["length"] + [f"{n}_{c}" for n in specs for c in ("ppl", "ratio_to_first", "s")]
+    cols = ["length"] + [f"{n}_{c}" for n in specs for c in ("ppl", "ratio_to_first", "tail_ppl", "s")]
     print()
     print_table(rows, cols)
     out = out_dir(args.out)

@@ -1,4 +1,4 @@
-"""The ``longctx`` command: run, chat, plugins, validate, schema, eval."""
+"""The ``longctx`` command: run, chat, plugins, validate, schema, eval (ppl, stream)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,7 @@ def _cmd_chat(args) -> int:
         if text in ("/exit", "/quit"):
             break
         if text == "/reset":
-            engine = getattr(obj, "engine", None)
-            if engine is not None:
-                engine.reset_session(session_id)
+            component.reset(obj, session_id)
             print("(session reset)", file=sys.stderr)
             continue
         try:
@@ -128,6 +126,43 @@ def _cmd_eval_ppl(args) -> int:
     return 0
 
 
+def segment_perplexity(nll, every: int) -> list[dict]:
+    """Perplexity of each successive ``every``-token segment of per-token NLLs (n-1,) of an n-token text.
+
+    ``tokens_seen`` is the number of text tokens streamed when the segment ends (NLL i predicts token i + 1).
+    """
+    if every <= 0:
+        raise LongctxError(f"--every: must be > 0, got {every}")
+    out = []
+    for start in range(0, len(nll), every):
+        seg = nll[start : start + every]
+        out.append({"tokens_seen": start + len(seg) + 1, "ppl": round(math.exp(float(seg.mean())), 4)})
+    return out
+
+
+def _cmd_eval_stream(args) -> int:
+    from .config import load_config
+    from .engine import Engine
+    from .textdata import read_text
+
+    if args.tokens < 2:
+        raise LongctxError(f"--tokens: must be >= 2, got {args.tokens}")
+    if args.every <= 0:
+        raise LongctxError(f"--every: must be > 0, got {args.every}")
+    engine = Engine.from_config(load_config(args.pipeline))
+    ids = engine.tokenize(read_text(args.text), add_special_tokens=False)
+    if args.tokens > len(ids):
+        raise LongctxError(f"--tokens: {args.tokens} exceeds the {len(ids)} tokens of {args.text}")
+    nll = engine.score(ids[: args.tokens], chunk_size=min(args.every, 4096))
+    results = segment_perplexity(nll, args.every)
+    if args.json:
+        print(json.dumps({"results": results}))
+    else:
+        for r in results:
+            print(f"{engine.strategy.name:<10} {r['tokens_seen']:>10} tokens  ppl {r['ppl']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longctx", description="Long-context strategies for local models.")
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING, ERROR)")
@@ -161,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--lengths", default="4096", help="comma-separated token counts, e.g. 4096,16384")
     ppl.add_argument("--json", action="store_true")
     ppl.set_defaults(fn=_cmd_eval_ppl)
+    st = esub.add_parser("stream", help="stream N tokens of a text file; perplexity of each successive K-token segment")
+    st.add_argument("pipeline")
+    st.add_argument("--text", required=True, help="a .txt file, or .jsonl[.gz] with a 'text' field per line")
+    st.add_argument("--tokens", type=int, default=16384, help="tokens of the text to stream (N)")
+    st.add_argument("--every", type=int, default=4096, help="segment length in tokens (K)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=_cmd_eval_stream)
     return p
 
 

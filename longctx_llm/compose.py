@@ -46,12 +46,22 @@ class StackedStrategy(Strategy):
     def context_window(self, info) -> Optional[int]:
         return self.outer.context_window(self._extended(info))
 
+    def attention_span(self, info) -> int:
+        return self.outer.attention_span(self._extended(info))
+
     def new_state(self, model, batch_size: int = 1):
         outer = self.outer.new_state(model, batch_size)
         inner = self.inner.new_state(model, batch_size)
         for s, which in ((outer, self.outer), (inner, self.inner)):
             if not isinstance(s, KVCacheState):
                 raise ConfigError(f"strategy {which.name!r} does not expose KV-cache seams, so it cannot be composed")
+        owned = [m for m in ("rope_positions", "attention") if getattr(type(outer), m) is not getattr(KVCacheState, m)]
+        if owned:
+            # e.g. StreamingLLM keeps a ring buffer whose key order and RoPE offsets its own attention relies on
+            raise ConfigError(
+                f"strategy {self.outer.name!r} sets its own {' and '.join(owned)}, so it cannot host "
+                f"{self.inner.name!r}'s; compose it as the second strategy, or use it alone"
+            )
         # the attention-side seams of the inner state, bound to the inner state (its options and model)
         outer.rope_positions = inner.rope_positions
         outer.attention = inner.attention

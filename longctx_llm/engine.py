@@ -178,6 +178,11 @@ class Engine:
         """Tokens the model attends to under the active strategy (None: unbounded)."""
         return self.strategy.context_window(self.loaded.info)
 
+    @property
+    def attention_span(self) -> int:
+        """Tokens the model attends to at once under the strategy (an integer even for unbounded strategies)."""
+        return self.strategy.attention_span(self.loaded.info)
+
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
@@ -288,6 +293,11 @@ class Engine:
                 s = Session(session_id, self.strategy.new_state(loaded, 1), self.memory.new_state(loaded))
                 self._sessions[session_id] = s
             return s
+
+    def get_session(self, session_id: str) -> Optional[Session]:
+        """The live session with this id, or None (never creates one, never loads the model)."""
+        with self._sessions_lock:
+            return self._sessions.get(session_id)
 
     def sessions(self) -> list[str]:
         with self._sessions_lock:

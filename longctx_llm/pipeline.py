@@ -37,6 +37,13 @@ class Component(ABC):
     def respond(cls, obj: Any, prompt: str, session_id: str = "default") -> Iterator[str]:
         """Answer one user turn as text deltas (used by ``longctx run`` and ``longctx chat``)."""
 
+    @classmethod
+    def reset(cls, obj: Any, session_id: str = "default") -> None:
+        """Forget a session (``/reset`` in ``longctx chat``); by default the engine's session of that id."""
+        engine = getattr(obj, "engine", None)
+        if engine is not None:
+            engine.reset_session(session_id)
+
 
 class ChatOptions(ComponentOptions):
     system_prompt: Optional[str] = Field(None, description="A system message placed before the conversation.")

@@ -30,7 +30,8 @@ class Session:
         self.history: list[Message] = []
         self.cached_ids: list[int] = []  # exactly the tokens the strategy state has been fed (row 0)
         self.turns = 0
-        self.lock = threading.RLock()
+        # a plain Lock, not an RLock: a stream opened in one thread may be finished (and release it) in another
+        self.lock = threading.Lock()
 
     def common_prefix(self, ids: list[int]) -> int:
         n = 0

@@ -76,6 +76,12 @@ class Strategy(ABC):
     def context_window(self, info: hf_adapter.ModelInfo) -> Optional[int]:
         """Tokens the model can attend to under this strategy (None: unbounded, e.g. streaming)."""
 
+    def attention_span(self, info: hf_adapter.ModelInfo) -> int:
+        """Tokens the model actually attends to at once: the window, or for unbounded strategies what they keep
+        (streaming: sink + window). What prompt packers (LlamaIndex's PromptHelper) should plan with."""
+        window = self.context_window(info)
+        return int(window if window is not None else info.pretraining_length)
+
     @abstractmethod
     def new_state(self, model, batch_size: int = 1) -> "StrategyState":
         """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.models.LoadedModel`)."""

@@ -44,3 +44,25 @@ def test_yaml_list_and_errors(wide):
         parse_config({"strategy": ["full", "full", "full"]})
     with pytest.raises(ConfigError, match=r"strategy\[1\]\.name"):
         parse_config({"strategy": ["full", "nope"]})
+
+
+def test_outer_that_owns_its_attention_is_refused(tiny_model):
+    from longctx_llm import KVCacheState
+
+    class Owning(FullStrategy):
+        name = "owning"
+
+        def new_state(self, model, batch_size=1):
+            class S(KVCacheState):
+                def attention(self):
+                    return None
+
+            return S(model, batch_size)
+
+    registry.register("strategy", "owning", Owning)
+    try:
+        engine = Engine(tiny_model("llama"), strategy=["owning", "full"])
+        with pytest.raises(ConfigError, match="sets its own attention"):
+            engine.complete("hello", max_new_tokens=2)
+    finally:
+        registry.unregister("strategy", "owning")

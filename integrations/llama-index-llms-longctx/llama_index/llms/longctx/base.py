@@ -177,12 +177,9 @@ class LongctxLLM(FunctionCallingLLM):
 
     # ---- metadata ------------------------------------------------------------------------------------------
     def _context_window(self) -> int:
-        window = self._engine.context_window
-        if window is None:
-            # unbounded strategies (streaming) evict old tokens: packing more than the model's own length only
-            # feeds text that is evicted before the answer, so report that length
-            window = self._engine.loaded.info.pretraining_length
-        return int(window)
+        # the window, or for unbounded strategies (streaming) what they keep: packing more only feeds text that
+        # is evicted before the answer
+        return self._engine.attention_span
 
     @property
     def metadata(self) -> LLMMetadata:

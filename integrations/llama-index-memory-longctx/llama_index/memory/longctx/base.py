@@ -102,8 +102,8 @@ class LongctxMemory(BaseMemory):
     def _live(self) -> List[ChatMessage]:
         """The message list, emptied if the engine session it belonged to was reset or replaced."""
         engine = self._engine
-        if self.session_id in engine.sessions():
-            session = engine.session(self.session_id)  # exists: nothing is created or loaded
+        session = engine.get_session(self.session_id)  # never creates a session or loads the model
+        if session is not None:
             if self._session is not None and session is not self._session:
                 self._messages = []
             self._session = session

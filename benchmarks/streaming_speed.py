@@ -1,0 +1,161 @@
+"""StreamingLLM speed: streaming throughput, flat decode latency/memory, and the two baselines (issue 4).
+
+1. Throughput: ``--tokens`` tokens streamed in pieces of ``--piece`` through a ``streaming`` state (last logits only),
+   tokens/s. Along the way, at each checkpoint (1k, 4k, 16k... tokens streamed), the per-token decode latency
+   (median of ``--decode-steps``) and the peak memory of those decode steps (CUDA: max allocated; CPU: RSS).
+2. Sliding window with re-computation at the same window (paper §4.4, "up to 22.2x"): every new token re-encodes
+   the last ``window`` tokens from scratch; ms/token beside streaming's decode ms/token.
+3. Plain generation with a growing cache (``full``, DynamicCache) prefilled to each of ``--full-lengths``: decode
+   ms/token and memory beside streaming's.
+
+    python benchmarks/streaming_speed.py --out bench-out                                   # GPU defaults
+    python benchmarks/streaming_speed.py --device cpu --tokens 4096 --window 508 --full-lengths 2048 --checkpoints 1024,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import time
+
+import torch
+from _common import header, out_dir, plot, print_table, write_json
+
+from longctx_llm.builtins.full import FullStrategy
+from longctx_llm.models import ModelHandle
+from longctx_streaming import StreamingStrategy
+
+logger = logging.getLogger("streaming_speed")
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20  # resident set
+
+
+def decode_ms(state, device, steps: int, token: int = 198) -> tuple[float, float]:
+    """Median ms per one-token forward, and peak memory (MiB) during those steps."""
+    tok = torch.tensor([[token]], device=device)
+    state.forward(tok)  # warm-up
+    reset_peak(device)
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        state.forward(tok)
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), peak_mib(device)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF model directory or .gguf path")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--tokens", type=int, default=1 << 20, help="tokens streamed")
+    p.add_argument("--sink", type=int, default=4)
+    p.add_argument("--window", type=int, default=2044)
+    p.add_argument("--piece", type=int, default=1024, help="tokens per forward while streaming")
+    p.add_argument("--checkpoints", default="1024,4096,16384,65536,262144,1048576")
+    p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--recompute-steps", type=int, default=8, help="tokens timed for the re-computing window")
+    p.add_argument("--full-lengths", default="32768,65536", help="growing-cache baseline lengths")
+    p.add_argument("--out", default="bench-out")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
+    dev = loaded.device
+    vocab = loaded.model.config.get_text_config().vocab_size
+    gen = torch.Generator().manual_seed(0)
+    stream_ids = torch.randint(0, vocab, (1, args.tokens), generator=gen).to(dev)  # speed does not depend on text
+
+    # ---- 1. throughput + decode latency at checkpoints --------------------------------------------------------
+    strategy = StreamingStrategy(sink_tokens=args.sink, window=args.window, prefill_chunk_size=args.piece)
+    state = strategy.new_state(loaded)
+    checkpoints = sorted(c for c in (int(x) for x in args.checkpoints.split(",")) if c <= args.tokens)
+    latency_rows, fed, busy = [], 0, 0.0
+    for cp in checkpoints:
+        sync(dev)
+        t0 = time.perf_counter()
+        while fed < cp:
+            n = min(args.piece, cp - fed)
+            state.forward(stream_ids[:, fed : fed + n])
+            fed += n
+        sync(dev)
+        busy += time.perf_counter() - t0
+        ms, mem = decode_ms(state, dev, args.decode_steps)
+        latency_rows.append({"tokens_streamed": cp, "decode_ms": ms, "peak_mib": mem, "cache_tokens": state.cache_tokens})
+        logger.info("streamed %d: decode %.2f ms/token, peak %.0f MiB", cp, ms, mem)
+    throughput = fed / busy
+    base_ms, base_mem = latency_rows[0]["decode_ms"], latency_rows[0]["peak_mib"]
+    for r in latency_rows:
+        r["latency_vs_first"] = r["decode_ms"] / base_ms
+        r["memory_vs_first"] = r["peak_mib"] / base_mem
+    print(f"streaming throughput: {throughput:,.0f} tokens/s ({fed} tokens, pieces of {args.piece}, "
+          f"sink {args.sink} + window {args.window})")
+    print_table(latency_rows, ["tokens_streamed", "decode_ms", "latency_vs_first", "peak_mib", "memory_vs_first",
+                               "cache_tokens"])
+    stream_ms = statistics.median(r["decode_ms"] for r in latency_rows)
+
+    # ---- 2. sliding window with re-computation (same window) ----------------------------------------------------
+    span = args.sink + args.window
+    recompute = FullStrategy(prefill_chunk_size=span)
+    ids = stream_ids[:, : span + args.recompute_steps]
+    times = []
+    for i in range(args.recompute_steps + 1):
+        s = recompute.new_state(loaded)
+        sync(dev)
+        t0 = time.perf_counter()
+        s.forward(ids[:, i : i + span])  # re-encode the whole window for one new token
+        sync(dev)
+        times.append((time.perf_counter() - t0) * 1000)
+    recompute_ms = statistics.median(times[1:])
+
+    # ---- 3. plain generation with a growing cache -------------------------------------------------------------
+    baseline_rows = [{"method": f"streaming (sink {args.sink} + window {args.window})", "context": "unbounded",
+                      "decode_ms": stream_ms, "peak_mib": max(r["peak_mib"] for r in latency_rows)},
+                     {"method": "sliding window, recompute", "context": span, "decode_ms": recompute_ms,
+                      "peak_mib": None}]
+    for n in [int(x) for x in args.full_lengths.split(",") if x]:
+        s = FullStrategy(prefill_chunk_size=2048).new_state(loaded)
+        s.forward(torch.randint(0, vocab, (1, n), generator=gen).to(dev))
+        ms, mem = decode_ms(s, dev, args.decode_steps)
+        baseline_rows.append({"method": "full, growing cache", "context": n, "decode_ms": ms, "peak_mib": mem})
+        del s
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    for r in baseline_rows:
+        r["speedup_of_streaming"] = r["decode_ms"] / stream_ms
+    print_table(baseline_rows, ["method", "context", "decode_ms", "speedup_of_streaming", "peak_mib"])
+
+    out = out_dir(args.out)
+    write_json(out, "streaming_speed.json", {
+        **header(str(dev), model=args.model, dtype=str(loaded.dtype), sink=args.sink, window=args.window,
+                 piece=args.piece),
+        "throughput_tokens_per_s": throughput, "tokens_streamed": fed,
+        "latency": latency_rows, "baselines": baseline_rows,
+    })
+    plot(out, "streaming_speed.png",
+         {"decode ms/token": [(r["tokens_streamed"], r["decode_ms"]) for r in latency_rows],
+          "peak memory / first": [(r["tokens_streamed"], r["memory_vs_first"]) for r in latency_rows]},
+         "tokens streamed", "ms per token  |  memory ratio", "StreamingLLM: decode cost vs tokens streamed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""Causal attention over a ring cache whose newest tokens were written over evicted slots (not at the end).
+
+Only used while a multi-token piece streams into a full cache; a single query sees every key, and before the first
+eviction keys are in text order, so both of those take the core's plain path. The mask is (T, S + W): bounded by the
+cache, never by the text.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def ring_mask(write: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(T, K) bool: query i sees every old key and the new keys 0..i (new key j sits at physical ``write[j]``)."""
+    T = write.numel()
+    mask = torch.ones(T, num_keys, dtype=torch.bool, device=write.device)  # (T, K)
+    idx = torch.arange(T, device=write.device)
+    mask[:, write] = idx[None, :] <= idx[:, None]  # (T, T) causal among the new tokens
+    return mask
+
+
+def ring_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
+    """SDPA with a ring-aware causal mask; query (B, H, T, D), key/value (B, Hkv, K, D) -> (B, T, H, D)."""
+    mask = ring_mask(ctx.extra["streaming_write"], key.shape[2])[None, None]  # (1, 1, T, K)
+    rep = query.shape[1] // key.shape[1]
+    if rep > 1:  # grouped-query attention: query head h reads kv head h // rep
+        key = key.repeat_interleave(rep, dim=1)  # (B, H, K, D)
+        value = value.repeat_interleave(rep, dim=1)  # (B, H, K, D)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)  # (B, H, T, D)
+    return out.transpose(1, 2).contiguous()  # (B, T, H, D)

@@ -1,0 +1,183 @@
+"""The sink + recent-window KV cache of StreamingLLM (arXiv 2309.17453 §3.2), preallocated and updated in place.
+
+Layout per layer: one buffer (B, H_kv, S + W, D) for keys and one for values. Slots ``[0, S)`` hold the first S
+tokens ever fed (the attention sinks); slots ``[S, S + W)`` are a ring of the most recent tokens. Nothing is ever
+copied to evict: the new tokens are written over the oldest ring entries.
+
+Positions are assigned inside the cache (§3.2): the cache is attended as if its tokens sat at 0..n-1, and a new
+token sits at the next cache slot. With RoPE only the *distance* between a query and a key matters, so:
+
+- ring keys are stored rotated at ``base + slot``, where ``base`` is the number of evicted tokens. As tokens are
+  evicted, a kept token's slot drops by exactly what ``base`` gains, so its rotation stays valid: kept ring keys
+  never need re-rotating;
+- the sink keys are the only keys whose cache-local distance to the rest changes on eviction; they are kept as
+  first rotated (at 0..S-1) and rotated by ``base`` once per forward (S keys per layer);
+- the query is rotated at ``base + slot`` (the strategy's ``rope_positions``);
+- every ``rebase_every`` evicted tokens the ring is rotated back by ``-base`` once and ``base`` returns to 0, so
+  RoPE angles stay as small as the model was trained with (float32 angles at position 1e6 would be off by ~0.06 rad).
+
+Why this and not the two textbook ways (measured by benchmarks/streaming_rotation.py on CPU, SmolLM2 shapes):
+re-rotating all kept keys on every eviction and storing pre-RoPE keys rotated at attention time both touch the whole
+window on every decode step (several extra passes over K per layer); shifting the sinks touches S keys, and the
+amortised rebase touches one key per evicted token. See the README for the numbers.
+
+The object duck-types the part of transformers' ``Cache`` that Llama, Qwen2/3, Mistral and GPT-NeoX call when
+``position_ids`` are given and the ``longctx`` attention is active (``update(k, v, layer_idx, ...)``; masks are never
+built for it, so ``get_mask_sizes`` is never asked), in transformers 5.17 through 5.23. It does not subclass
+``Cache``, so no transformers internals are touched here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Plan:
+    """Where one forward's T new tokens go (computed once, applied by every layer's ``update``)."""
+
+    write: torch.Tensor  # (T,) physical slot of each new token
+    length: int  # keys returned to attention (physical prefix [0, length))
+    ordered: bool  # the new tokens are the last T of the returned keys, in order (plain causal attention works)
+    slots: torch.Tensor  # (T,) cache-local position of each new token
+    fills_sinks: bool  # some new tokens land in the sink slots
+
+
+class SinkWindowCache:
+    """Sink + ring-window cache; ``plan(T)`` before each forward, then the model calls ``update`` per layer."""
+
+    def __init__(self, num_layers: int, sink: int, window: int, rotary, device, rebase_every: Optional[int] = None):
+        self.num_layers = num_layers
+        self.sink = sink
+        self.window = window
+        self.capacity = sink + window
+        self.rotary = rotary  # longctx_llm.hf_adapter.Rotary
+        self.device = torch.device(device)
+        self.rebase_every = rebase_every or window
+        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, D) each
+        self.values: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, D) each
+        self.sink_keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S, D) rotated at 0..S-1
+        self._sink_base = [0] * num_layers  # the base each layer's sink slots are rotated for
+        self.filled = 0  # tokens held, <= S + W
+        self.head = 0  # ring index of the oldest window token
+        self.base = 0  # RoPE offset: slot s is rotated at base + s
+        self.evicted = 0  # tokens dropped so far
+        self._plan: Optional[Plan] = None
+        self._base_t = torch.zeros((), dtype=torch.long, device=self.device)  # base as a tensor, made once per change
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+    def plan(self, new_tokens: int) -> Plan:
+        """Make room for ``new_tokens`` (evicting the oldest window tokens) and say where they go."""
+        T, S, W = new_tokens, self.sink, self.window
+        if not 1 <= T <= W:
+            raise ValueError(f"a forward piece must hold 1..{W} tokens (the window), got {T}")
+        if self.base >= self.rebase_every:
+            self._rebase()
+        n = self.filled
+        dev = self.device
+        if n + T <= self.capacity:  # nothing evicted yet: physical order is text order
+            write = torch.arange(n, n + T, device=dev)
+            plan = Plan(write, n + T, True, write, n < S)
+            self.filled = n + T
+        else:
+            evict = n + T - self.capacity
+            count = n - S  # window tokens held
+            free = (self.head + count) % W  # ring index after the newest token
+            write = S + (free + torch.arange(T, device=dev)) % W
+            keep = self.capacity - T
+            slots = torch.arange(keep, keep + T, device=dev)
+            self.head = (self.head + evict) % W
+            self.base += evict
+            self.evicted += evict
+            self.filled = self.capacity
+            self._base_t = torch.tensor(self.base, device=dev)  # one host->device copy per forward, not per layer
+            plan = Plan(write, self.capacity, False, slots, False)
+        self._plan = plan
+        return plan
+
+    def slot_order(self) -> torch.Tensor:
+        """(filled,) physical index of each cache slot in cache-local (text) order: sinks, then oldest to newest."""
+        n, S, W = self.filled, self.sink, self.window
+        if n < self.capacity or self.head == 0:
+            return torch.arange(n, device=self.device)
+        ring = S + (self.head + torch.arange(W, device=self.device)) % W
+        return torch.cat([torch.arange(S, device=self.device), ring])
+
+    def _rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Rotate (B, H, T, D) keys by ``delta`` positions in float32 (bf16 angles would lose precision)."""
+        return self.rotary.rotate(x.float(), delta).to(x.dtype)
+
+    def _rebase(self) -> None:
+        """Rotate every ring key back by ``base`` so RoPE positions restart at the cache slots (amortised)."""
+        S = self.sink
+        for layer in range(self.num_layers):
+            k = self.keys[layer]
+            if k is not None:
+                k[:, :, S:] = self._rotate(k[:, :, S:], -self._base_t)  # (B, H, W, D)
+        self.base = 0
+
+    # ---- the Cache protocol the models call -------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write this forward's keys/values (B, H, T, D) into their slots; return the keys/values to attend to."""
+        plan = self._plan
+        if plan is None:
+            raise RuntimeError("SinkWindowCache.update called without plan(); feed tokens through StreamingState")
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        if k is None:
+            B, H, _, D = key_states.shape
+            k = key_states.new_zeros(B, H, self.capacity, D)  # (B, H, S+W, D)
+            v = value_states.new_zeros(B, H, self.capacity, value_states.shape[-1])  # (B, H, S+W, Dv)
+            self.keys[layer_idx], self.values[layer_idx] = k, v
+        k.index_copy_(2, plan.write, key_states)
+        v.index_copy_(2, plan.write, value_states)
+        S = self.sink
+        if plan.fills_sinks:
+            self.sink_keys[layer_idx] = k[:, :, :S].clone()  # (B, H, S, D) as rotated at 0..S-1
+        elif S and self._sink_base[layer_idx] != self.base:
+            k[:, :, :S] = self._rotate(self.sink_keys[layer_idx], self._base_t)  # (B, H, S, D)
+        self._sink_base[layer_idx] = self.base
+        if plan.length == self.capacity:
+            return k, v
+        return k[:, :, : plan.length], v[:, :, : plan.length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.filled
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    # ---- saving --------------------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i in range(self.num_layers):
+            if self.keys[i] is None:
+                continue
+            out[f"layer{i}.keys"] = self.keys[i][:, :, : self.filled]
+            out[f"layer{i}.values"] = self.values[i][:, :, : self.filled]
+            if self.sink_keys[i] is not None:
+                out[f"layer{i}.sink_keys"] = self.sink_keys[i]
+        return out
+
+    def meta(self) -> dict[str, int]:
+        return {"filled": self.filled, "head": self.head, "base": self.base, "evicted": self.evicted}
+
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, int]) -> None:
+        self.filled, self.head = int(meta["filled"]), int(meta["head"])
+        self.base, self.evicted = int(meta["base"]), int(meta["evicted"])
+        for i in range(self.num_layers):
+            k = tensors.get(f"layer{i}.keys")
+            if k is None:
+                continue
+            v = tensors[f"layer{i}.values"]
+            B, H, n, D = k.shape
+            self.keys[i] = k.new_zeros(B, H, self.capacity, D, device=self.device)  # (B, H, S+W, D)
+            self.values[i] = v.new_zeros(B, H, self.capacity, v.shape[-1], device=self.device)
+            self.keys[i][:, :, :n] = k.to(self.device)
+            self.values[i][:, :, :n] = v.to(self.device)
+            sk = tensors.get(f"layer{i}.sink_keys")
+            self.sink_keys[i] = sk.to(self.device) if sk is not None else None
+            self._sink_base[i] = self.base
+        self._base_t = torch.tensor(self.base, device=self.device)

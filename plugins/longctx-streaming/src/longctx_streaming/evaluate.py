@@ -1,0 +1,24 @@
+"""Long-input evaluation: stream a whole text through the engine and read per-segment perplexity.
+
+The Python face of ``longctx eval stream``: per-token negative log-likelihoods come from ``Engine.score`` (fed in
+pieces, so memory stays bounded by the strategy's cache), and the segmenting is the CLI's own function, so both
+report the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from longctx_llm.cli import segment_perplexity
+from longctx_llm.errors import InputError
+
+__all__ = ["segment_perplexity", "stream_nll"]
+
+
+def stream_nll(engine, ids: Union[Sequence[int], torch.Tensor], *, chunk_size: int = 4096) -> torch.Tensor:
+    """(n-1,) per-token NLL of ``ids`` streamed through ``engine``'s strategy (the whole text, one pass)."""
+    if chunk_size <= 0:
+        raise InputError(f"chunk_size: must be > 0, got {chunk_size}")
+    return engine.score(ids, chunk_size=chunk_size)

@@ -1,0 +1,44 @@
+"""Options of the ``streaming`` strategy (StreamingLLM, arXiv 2309.17453)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field, model_validator
+
+from longctx_llm.strategy import StrategyOptions
+
+#: default prefill piece: the prototype's 512 (ARCHITECTURE.md), at most half the window so that the first query of a
+#: piece still sees half a window of context.
+DEFAULT_PIECE = 512
+
+
+class StreamingOptions(StrategyOptions):
+    sink_tokens: int = Field(
+        4, ge=0, description="Initial tokens kept forever as attention sinks (paper §3.2: 4 suffice; 0 = plain window)."
+    )
+    window: int = Field(2048, gt=0, description="Most recent tokens kept besides the sinks (must exceed sink_tokens).")
+    prefill_chunk_size: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Tokens fed per forward while streaming a long input (at most window); "
+        f"default: min({DEFAULT_PIECE}, window // 2).",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "StreamingOptions":
+        if self.window <= self.sink_tokens:
+            raise ValueError(
+                f"window ({self.window}) must be greater than sink_tokens ({self.sink_tokens}); "
+                f"valid: window > sink_tokens >= 0"
+            )
+        if self.prefill_chunk_size is not None and self.prefill_chunk_size > self.window:
+            raise ValueError(
+                f"prefill_chunk_size ({self.prefill_chunk_size}) must not exceed window ({self.window}); "
+                f"valid: 1..{self.window}"
+            )
+        return self
+
+    @property
+    def piece(self) -> int:
+        return self.prefill_chunk_size or max(1, min(DEFAULT_PIECE, self.window // 2))

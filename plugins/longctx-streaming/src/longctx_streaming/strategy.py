@@ -1,0 +1,123 @@
+"""``streaming``: StreamingLLM attention sinks (arXiv 2309.17453) — an endless session with a fixed-size cache.
+
+The cache keeps the first ``sink_tokens`` tokens and the most recent ``window`` tokens (§3.2), and positions are
+assigned inside the cache, so the model never sees a distance longer than sink + window. Everything else is the
+core :class:`~longctx_llm.strategy.KVCacheState` loop; this module overrides three seams:
+
+- ``make_cache``: :class:`~longctx_streaming.cache.SinkWindowCache` (sink + ring, preallocated, in place);
+- ``logical_positions``: the next cache slots (planning the eviction for the piece);
+- ``rope_positions`` / ``attention``: slot + the cache's RoPE offset; a ring-aware causal mask while a multi-token
+  piece is written over evicted slots.
+
+It does not extend what the model can *use*: evicted text is gone (§3.3). Sessions are append-only (no rewind).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+
+from longctx_llm import hf_adapter
+from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionError
+from longctx_llm.strategy import Capabilities, KVCacheState, Strategy
+
+from .attention import ring_attention
+from .cache import SinkWindowCache
+from .options import StreamingOptions
+
+logger = logging.getLogger(__name__)
+
+
+class StreamingState(KVCacheState):
+    """Per-session state: a :class:`SinkWindowCache` fed through the core chunked forward."""
+
+    def __init__(self, model, batch_size: int, options: StreamingOptions):
+        self.options = options
+        super().__init__(model, batch_size, prefill_chunk_size=options.piece)
+
+    # ---- seams -------------------------------------------------------------------------------------------
+    def make_cache(self) -> SinkWindowCache:
+        rotary = hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
+        return SinkWindowCache(
+            self.model.info.num_layers, self.options.sink_tokens, self.options.window, rotary, self.model.device
+        )
+
+    def logical_positions(self, new_tokens: int, new_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if new_mask is not None:
+            raise InputError(
+                "streaming: padded batches are not supported (the sinks would be padding); feed rows one at a time"
+            )
+        plan = self.cache.plan(new_tokens)
+        return plan.slots[None, :].expand(self.batch_size, -1)  # (B, T)
+
+    def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
+        return logical + self.cache.base  # (B, T): kept ring keys stay valid as base grows (see cache.py)
+
+    def attention(self) -> Optional[hf_adapter.AttentionFn]:
+        plan = self.cache._plan
+        if plan is None or plan.ordered or plan.write.numel() == 1:
+            return None  # plain causal attention over keys in text order (or one query that sees everything)
+        return ring_attention
+
+    def attention_extra(self) -> dict[str, Any]:
+        plan = self.cache._plan
+        return {"streaming_write": plan.write} if plan is not None else {}
+
+    # ---- session API -------------------------------------------------------------------------------------
+    @property
+    def cache_tokens(self) -> int:
+        """Tokens the cache holds now (never above sink_tokens + window)."""
+        return self.cache.filled
+
+    def rewind(self, length: int) -> None:
+        raise LongctxError("streaming: the cache is append-only (evicted tokens cannot be restored); cannot rewind")
+
+    def state_dict(self):
+        tensors = {**self.cache.tensors(), "real_tokens": self.real_tokens}
+        meta = {"seen": self.seen, "batch_size": self.batch_size, **self.cache.meta()}
+        return tensors, meta
+
+    def load_state_dict(self, tensors, meta):
+        if int(meta.get("batch_size", 1)) != self.batch_size:
+            raise SessionError(f"saved streaming state has batch size {meta.get('batch_size')}, expected {self.batch_size}")
+        if int(meta["filled"]) > self.cache.capacity:
+            raise SessionError(
+                f"saved streaming cache holds {meta['filled']} tokens but this strategy keeps {self.cache.capacity}"
+            )
+        self.cache = self.make_cache()
+        self.cache.load(tensors, meta)
+        self.seen = int(meta["seen"])
+        self.real_tokens = tensors["real_tokens"].to(self.model.device)
+        self.padding = None
+
+
+class StreamingStrategy(Strategy):
+    """Attention sinks + a recent window; cache size fixed at ``sink_tokens + window`` forever.
+
+    >>> from longctx_llm import Engine                                            # doctest: +SKIP
+    >>> engine = Engine("smollm2-135m-instruct", strategy={"name": "streaming", "window": 1024})  # doctest: +SKIP
+    """
+
+    name = "streaming"
+    Options = StreamingOptions
+    capabilities = Capabilities(batching=False, cpu=True, rewind=False, save=True, unbounded=True)
+
+    def validate(self, info: hf_adapter.ModelInfo) -> None:
+        hf_adapter.require_rope(info, self.name)
+        o = self.options
+        limit = info.pretraining_length
+        if limit and o.sink_tokens + o.window > limit:
+            raise ConfigError(
+                f"strategy.window: sink_tokens + window = {o.sink_tokens} + {o.window} = {o.sink_tokens + o.window} "
+                f"exceeds the model's pretraining length {limit} (valid: window <= {limit - o.sink_tokens}); "
+                "to stream with a longer window, combine streaming with DCA"
+            )
+
+    def context_window(self, info) -> Optional[int]:
+        return None  # unbounded: it streams past its window by evicting
+
+    def new_state(self, model, batch_size: int = 1) -> StreamingState:
+        self.validate(model.info)
+        return StreamingState(model, batch_size, self.options)
