@@ -130,6 +130,13 @@ def default_attention(module, query, key, value, ctx: AttentionContext, *, scali
         )  # (B, H, T, D)
         return out.transpose(1, 2).contiguous()
     mask = causal_padding_mask(ctx, q_len, kv_len)
+    if q_len == 1 and query.is_cuda:
+        # decode: cuDNN attention builds a plan per new key length (~9 ms of CPU per call, profiled on an H200 with
+        # torch 2.11), which a growing cache hits every step; the flash / memory-efficient kernels have no set-up
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling)
 
 

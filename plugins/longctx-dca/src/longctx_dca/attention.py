@@ -108,7 +108,7 @@ def dca_chunked(
     K = k.shape[2]
     s = g.chunk_len
     start = K - T
-    name = kernels.pick(q.device, q.dtype, backend)
+    name = kernels.pick(q.device, q.dtype, backend, decode=T <= 16)
     attend = kernels.BACKENDS[name]
     pos = torch.arange(start, K, device=q.device)  # (T,)
     succ_d, inter_d = query_deltas(pos, g)
