@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=128256)
     p.add_argument("--strategies", default="full,dca")
     p.add_argument("--model", default="smollm2-135m-instruct", help="where the tokenizer comes from (alias, dir, .gguf)")
+    p.add_argument("--tokenizer", default=None, help="a tokenizer directory (skips loading --model)")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -41,7 +42,12 @@ def main(argv=None) -> int:
                       num_key_value_heads=args.kv_heads, max_position_embeddings=8192)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
-    tok = ModelHandle(args.model, device="cpu").get().tokenizer
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        tok = ModelHandle(args.model, device="cpu").get().tokenizer
     lm = wrap_model(model, tok, source="random-llama")
     x = torch.randint(10, args.vocab, (1, args.context))
     results = {}
