@@ -63,3 +63,30 @@ def plot(out: Path, name: str, series: dict[str, list[tuple[float, float]]], xla
     fig.tight_layout()
     fig.savefig(out / name, dpi=120)
     plt.close(fig)
+
+
+def add_model_shape_args(p, layers: int = 4) -> None:
+    """Arguments of the random-weight Llama-3-8B-shaped model (``--layers`` of its 32, to fit beside long caches)."""
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=14336)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=128256)
+
+
+def random_llama(args, tokenizer, device, dtype):
+    """A random-weight Llama of the shape in ``args`` (see :func:`add_model_shape_args`), as a LoadedModel."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longctx_llm.models import wrap_model
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=8192, rope_theta=500000.0,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    return wrap_model(model, tokenizer, source="random-llama-8b-shape")

@@ -18,10 +18,10 @@ import sys
 import time
 
 import torch
-from _common import header, out_dir, plot, print_table, write_json
+from _common import add_model_shape_args, header, out_dir, plot, print_table, random_llama, write_json
 
 from longctx_llm import registry
-from longctx_llm.models import ModelHandle, wrap_model
+from longctx_llm.models import ModelHandle
 
 
 def sync(device):
@@ -48,20 +48,6 @@ def prefill_seconds(strategy, loaded, ids, repeats: int) -> float:
     return best
 
 
-def random_llama(args, tokenizer, device, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=8192, rope_theta=500000.0,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
-    return wrap_model(model, tokenizer, source="random-llama-8b-shape")
-
-
 def copy_bandwidth(device) -> float:
     """Bytes/s of a large device-to-device copy (read + write)."""
     n = 1 << 28 if device.type == "cuda" else 1 << 24
@@ -84,12 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="32768,65536,131072")
     p.add_argument("--decode-context", type=int, default=65536)
     p.add_argument("--decode-steps", type=int, default=32)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=128256)
+    add_model_shape_args(p)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)

@@ -21,3 +21,13 @@ for d in plugins/*/; do [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d"); done
 python3 -m pip install -q --no-index --no-deps --no-build-isolation "${pkgs[@]}" >/tmp/pip-install.log 2>&1 || {
   echo "device_env: editable install failed"; tail -20 /tmp/pip-install.log; }
 set +e
+
+# Shared by the gpu_*.sh drivers: `bench_log NAME` starts $OUT/NAME.log with the date and the GPU;
+# `run SECONDS CMD...` runs one benchmark under a time limit, appending its output (warnings dropped) to it.
+OUT=${OUT:-bench-out}; TEXT=${TEXT:-.data/pydocs-3.11.jsonl.gz}; MODEL=${MODEL:-/root/smol.gguf}
+mkdir -p "$OUT"
+bench_log() {
+  LOG="$OUT/$1.log"
+  { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } 2>&1 | tee "$LOG"
+}
+run() { echo "== $*" | tee -a "$LOG"; timeout "$@" 2>&1 | grep -v -i warning | tee -a "$LOG"; }

@@ -2,10 +2,7 @@
 # Round 3: decode after avoiding cuDNN (random 8B-shaped model; tokenizer carried in .data/tok), then, once the GGUF
 # is assembled, a streaming profile and the speed benchmark again.
 . benchmarks/device_env.sh
-OUT=${OUT:-bench-out}; MODEL=${MODEL:-/root/smol.gguf}
-LOG="$OUT/gpu_round3_${1:-a}.log"
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } 2>&1 | tee "$LOG"
-run() { echo "== $*" | tee -a "$LOG"; timeout "$@" 2>&1 | grep -v -i warning | tee -a "$LOG"; }
+bench_log "gpu_round3_${1:-a}"
 if [ "${1:-a}" = a ]; then
   run 200 python3 benchmarks/profile_decode.py --tokenizer .data/tok --out "$OUT/profile_decode"
 else

@@ -11,10 +11,10 @@ import sys
 import time
 
 import torch
-from _common import out_dir, write_json
+from _common import add_model_shape_args, out_dir, random_llama, write_json
 
 from longctx_llm import registry
-from longctx_llm.models import ModelHandle, wrap_model
+from longctx_llm.models import ModelHandle
 
 
 def main(argv=None) -> int:
@@ -22,33 +22,21 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--context", type=int, default=65536)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=128256)
+    add_model_shape_args(p)
     p.add_argument("--strategies", default="full,dca")
     p.add_argument("--model", default="smollm2-135m-instruct", help="where the tokenizer comes from (alias, dir, .gguf)")
     p.add_argument("--tokenizer", default=None, help="a tokenizer directory (skips loading --model)")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=8192)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
     if args.tokenizer:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
         tok = ModelHandle(args.model, device="cpu").get().tokenizer
-    lm = wrap_model(model, tok, source="random-llama")
+    lm = random_llama(args, tok, device, dtype)
     x = torch.randint(10, args.vocab, (1, args.context))
     results = {}
     for name in args.strategies.split(","):
