@@ -22,10 +22,12 @@ def ring_mask(write: torch.Tensor, num_keys: int) -> torch.Tensor:
 
 def ring_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
     """SDPA with a ring-aware causal mask; query (B, H, T, D), key/value (B, Hkv, K, D) -> (B, T, H, D)."""
-    mask = ring_mask(ctx.extra["streaming_write"], key.shape[2])[None, None]  # (1, 1, T, K)
-    rep = query.shape[1] // key.shape[1]
-    if rep > 1:  # grouped-query attention: query head h reads kv head h // rep
-        key = key.repeat_interleave(rep, dim=1)  # (B, H, K, D)
-        value = value.repeat_interleave(rep, dim=1)  # (B, H, K, D)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)  # (B, H, T, D)
+    # the context is shared by every layer of one forward: build the mask once, not once per layer
+    mask = ctx.extra.get("_ring_mask")
+    if mask is None or mask.shape[-1] != key.shape[2]:
+        mask = ring_mask(ctx.extra["streaming_write"], key.shape[2])[None, None]  # (1, 1, T, K)
+        ctx.extra["_ring_mask"] = mask
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )  # (B, H, T, D); grouped-query heads read their kv head without copying K/V
     return out.transpose(1, 2).contiguous()  # (B, T, H, D)
