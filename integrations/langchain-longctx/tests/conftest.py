@@ -8,8 +8,13 @@
 from __future__ import annotations
 
 import inspect
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # for ``standard_features`` (tests here have no packages)
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_pycollect_makeitem(collector, name, obj):

@@ -14,14 +14,13 @@ pytest.importorskip("langchain_tests")
 from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
 
 from langchain_longctx import ChatLongctx  # noqa: E402
-
-MODEL_PARAMS = {"model": "smollm2-135m-instruct", "device": "cpu", "dtype": "float32"}  # float32 on CPU: exact greedy
+from standard_features import MODEL_PARAMS, DeclaredFeatures  # noqa: E402
 
 
 pytestmark = pytest.mark.integration
 
 
-class TestChatLongctxIntegration(ChatModelIntegrationTests):
+class TestChatLongctxIntegration(DeclaredFeatures, ChatModelIntegrationTests):
     @pytest.mark.xfail(
         reason="with tool_choice='auto' the 135M model answers in prose instead of deciding to call the tool; "
         "forced choices ('any', a name) are decoded under the schema and pass (test_tool_calling, test_tool_choice)",
@@ -38,30 +37,6 @@ class TestChatLongctxIntegration(ChatModelIntegrationTests):
     def chat_model_params(self):
         # small max_tokens: the suite runs ~60 generations on 2 CPU cores
         return {**MODEL_PARAMS, "max_tokens": 12, "temperature": 0}
-
-    @property
-    def has_tool_calling(self):
-        return True
-
-    @property
-    def has_tool_choice(self):
-        return True
-
-    @property
-    def has_structured_output(self):
-        return True
-
-    @property
-    def structured_output_kwargs(self):
-        return {"method": "json_schema"}
-
-    @property
-    def supports_json_mode(self):
-        return True
-
-    @property
-    def returns_usage_metadata(self):
-        return True
 
     @property
     def supports_model_override(self):

@@ -9,12 +9,10 @@ pytest.importorskip("langchain_tests")
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 from langchain_longctx import ChatLongctx  # noqa: E402
-
-MODEL_PARAMS = {"model": "smollm2-135m-instruct", "device": "cpu", "dtype": "float32"}  # float32 on CPU: exact greedy
-
+from standard_features import MODEL_PARAMS, DeclaredFeatures  # noqa: E402
 
 
-class TestChatLongctxUnit(ChatModelUnitTests):
+class TestChatLongctxUnit(DeclaredFeatures, ChatModelUnitTests):
     @property
     def chat_model_class(self):
         return ChatLongctx
@@ -29,27 +27,3 @@ class TestChatLongctxUnit(ChatModelUnitTests):
         params = super().standard_chat_model_params
         params.pop("api_key")
         return params
-
-    @property
-    def has_tool_calling(self):
-        return True
-
-    @property
-    def has_tool_choice(self):
-        return True
-
-    @property
-    def has_structured_output(self):
-        return True
-
-    @property
-    def structured_output_kwargs(self):
-        return {"method": "json_schema"}
-
-    @property
-    def returns_usage_metadata(self):
-        return True
-
-    @property
-    def supports_json_mode(self):
-        return True
