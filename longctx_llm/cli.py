@@ -84,7 +84,8 @@ def _cmd_validate(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.pipeline)
-    print(f"{args.pipeline}: ok (strategy {cfg.strategy.name}, memory {cfg.memory.name}, component {cfg.component.name})")
+    strategy = " + ".join(s.name for s in cfg.strategy) if isinstance(cfg.strategy, list) else cfg.strategy.name
+    print(f"{args.pipeline}: ok (strategy {strategy}, memory {cfg.memory.name}, component {cfg.component.name})")
     return 0
 
 

@@ -39,3 +39,12 @@ def test_unknown_strategy_in_run(tmp_path, capsys):
     p.write_text("strategy: nope\n")
     assert main(["run", str(p), "--prompt", "hi"]) == 2
     assert "installed: " in capsys.readouterr().err
+
+
+def test_every_example_pipeline_validates(capsys):
+    from pathlib import Path
+
+    files = sorted(Path("examples/pipelines").glob("*.yaml"))
+    assert len(files) >= 6
+    for f in files:
+        assert main(["validate", str(f)]) == 0, capsys.readouterr().err

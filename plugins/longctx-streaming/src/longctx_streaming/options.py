@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,12 @@ class StreamingOptions(StrategyOptions):
         4, ge=0, description="Initial tokens kept forever as attention sinks (paper §3.2: 4 suffice; 0 = plain window)."
     )
     window: int = Field(2048, gt=0, description="Most recent tokens kept besides the sinks (must exceed sink_tokens).")
+    layout: Literal["ring", "shift"] = Field(
+        "ring",
+        description="ring: nothing moves on eviction (fastest alone); shift: text order at cache-local positions, "
+        "re-rotated on eviction, so another strategy's positions and attention can run inside "
+        "(strategy: [{name: streaming, layout: shift, window: 16384}, {name: dca}]).",
+    )
     prefill_chunk_size: Optional[int] = Field(
         None,
         gt=0,

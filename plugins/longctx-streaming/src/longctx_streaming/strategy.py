@@ -25,47 +25,34 @@ from longctx_llm.strategy import Capabilities, KVCacheState, Strategy
 
 from .attention import ring_attention
 from .cache import SinkWindowCache
+from .shift import ShiftingSinkCache
 from .options import StreamingOptions
 
 logger = logging.getLogger(__name__)
 
 
-class StreamingState(KVCacheState):
-    """Per-session state: a :class:`SinkWindowCache` fed through the core chunked forward."""
+class _SinkWindowState(KVCacheState):
+    """What both cache layouts share: positions = the next cache slots, append-only sessions, saving."""
 
     def __init__(self, model, batch_size: int, options: StreamingOptions):
         self.options = options
         super().__init__(model, batch_size, prefill_chunk_size=options.piece)
 
-    # ---- seams -------------------------------------------------------------------------------------------
-    def make_cache(self) -> SinkWindowCache:
-        rotary = hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
-        return SinkWindowCache(
-            self.model.info.num_layers, self.options.sink_tokens, self.options.window, rotary, self.model.device
-        )
+    def _rotary(self) -> hf_adapter.Rotary:
+        return hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
+
+    def _plan(self, new_tokens: int) -> torch.Tensor:
+        """Make room for ``new_tokens`` and return their cache-local positions (T,)."""
+        raise NotImplementedError
 
     def logical_positions(self, new_tokens: int, new_mask: Optional[torch.Tensor]) -> torch.Tensor:
         if new_mask is not None:
             raise InputError(
                 "streaming: padded batches are not supported (the sinks would be padding); feed rows one at a time"
             )
-        plan = self.cache.plan(new_tokens)
-        return plan.slots[None, :].expand(self.batch_size, -1)  # (B, T)
+        return self._plan(new_tokens)[None, :].expand(self.batch_size, -1)  # (B, T)
 
-    def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
-        return logical + self.cache.base  # (B, T): kept ring keys stay valid as base grows (see cache.py)
-
-    def attention(self) -> Optional[hf_adapter.AttentionFn]:
-        plan = self.cache._plan
-        if plan is None or plan.ordered or plan.write.numel() == 1:
-            return None  # plain causal attention over keys in text order (or one query that sees everything)
-        return ring_attention
-
-    def attention_extra(self) -> dict[str, Any]:
-        plan = self.cache._plan
-        return {"streaming_write": plan.write} if plan is not None else {}
-
-    # ---- session API -------------------------------------------------------------------------------------
+    # ---- session API (both layouts) ----------------------------------------------------------------------
     @property
     def cache_tokens(self) -> int:
         """Tokens the cache holds now (never above sink_tokens + window)."""
@@ -93,6 +80,46 @@ class StreamingState(KVCacheState):
         self.padding = None
 
 
+class StreamingState(_SinkWindowState):
+    """The ring layout (``cache.py``): nothing moves on eviction; its own RoPE offset and ring-aware attention."""
+
+    def make_cache(self) -> SinkWindowCache:
+        o = self.options
+        return SinkWindowCache(self.model.info.num_layers, o.sink_tokens, o.window, self._rotary(), self.model.device)
+
+    def _plan(self, new_tokens: int) -> torch.Tensor:
+        return self.cache.plan(new_tokens).slots
+
+    def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
+        return logical + self.cache.base  # (B, T): kept ring keys stay valid as base grows (see cache.py)
+
+    def attention(self) -> Optional[hf_adapter.AttentionFn]:
+        plan = self.cache._plan
+        if plan is None or plan.ordered or plan.write.numel() == 1:
+            return None  # plain causal attention over keys in text order (or one query that sees everything)
+        return ring_attention
+
+    def attention_extra(self) -> dict[str, Any]:
+        plan = self.cache._plan
+        return {"streaming_write": plan.write} if plan is not None else {}
+
+
+class ShiftingStreamingState(_SinkWindowState):
+    """The shift layout (``shift.py``): text order at cache-local positions, so the RoPE positions and attention
+    of a composed strategy (``strategy: [{name: streaming, layout: shift}, {name: dca}]``) apply unchanged."""
+
+    def make_cache(self) -> ShiftingSinkCache:
+        o = self.options
+        # the rope mapping is looked up at eviction time: composition replaces ``rope_positions`` after __init__
+        return ShiftingSinkCache(
+            self.model.info.num_layers, o.sink_tokens, o.window, self._rotary(), self.model.device,
+            rope=lambda p: self.rope_positions(p[None])[0],
+        )
+
+    def _plan(self, new_tokens: int) -> torch.Tensor:
+        return self.cache.plan(new_tokens)
+
+
 class StreamingStrategy(Strategy):
     """Attention sinks + a recent window; cache size fixed at ``sink_tokens + window`` forever.
 
@@ -118,6 +145,9 @@ class StreamingStrategy(Strategy):
     def context_window(self, info) -> Optional[int]:
         return None  # unbounded: it streams past its window by evicting
 
-    def new_state(self, model, batch_size: int = 1) -> StreamingState:
-        self.validate(model.info)
-        return StreamingState(model, batch_size, self.options)
+    def attention_span(self, info) -> int:
+        return self.options.sink_tokens + self.options.window  # what it keeps, not the text it has streamed
+
+    def new_state(self, model, batch_size: int = 1) -> KVCacheState:
+        cls = ShiftingStreamingState if self.options.layout == "shift" else StreamingState
+        return cls(model, batch_size, self.options)
