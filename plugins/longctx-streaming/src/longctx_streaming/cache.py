@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 
+from .buffers import SinkBuffers
+
 
 @dataclass
 class Plan:
@@ -46,25 +48,16 @@ class Plan:
     fills_sinks: bool  # some new tokens land in the sink slots
 
 
-class SinkWindowCache:
+class SinkWindowCache(SinkBuffers):
     """Sink + ring-window cache; ``plan(T)`` before each forward, then the model calls ``update`` per layer."""
 
     def __init__(self, num_layers: int, sink: int, window: int, rotary, device, rebase_every: Optional[int] = None):
-        self.num_layers = num_layers
-        self.sink = sink
-        self.window = window
-        self.capacity = sink + window
-        self.rotary = rotary  # longctx_llm.hf_adapter.Rotary
-        self.device = torch.device(device)
+        super().__init__(num_layers, sink, window, rotary, device)
         self.rebase_every = rebase_every or window
-        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, D) each
-        self.values: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, D) each
         self.sink_keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S, D) rotated at 0..S-1
         self._sink_base = [0] * num_layers  # the base each layer's sink slots are rotated for
-        self.filled = 0  # tokens held, <= S + W
         self.head = 0  # ring index of the oldest window token
         self.base = 0  # RoPE offset: slot s is rotated at base + s
-        self.evicted = 0  # tokens dropped so far
         self._plan: Optional[Plan] = None
         self._base_t = torch.zeros((), dtype=torch.long, device=self.device)  # base as a tensor, made once per change
 
@@ -106,10 +99,6 @@ class SinkWindowCache:
         ring = S + (self.head + torch.arange(W, device=self.device)) % W
         return torch.cat([torch.arange(S, device=self.device), ring])
 
-    def _rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Rotate (B, H, T, D) keys by ``delta`` positions in float32 (bf16 angles would lose precision)."""
-        return self.rotary.rotate(x.float(), delta).to(x.dtype)
-
     def _rebase(self) -> None:
         """Rotate every ring key back by ``base`` so RoPE positions restart at the cache slots (amortised)."""
         S = self.sink
@@ -125,12 +114,7 @@ class SinkWindowCache:
         plan = self._plan
         if plan is None:
             raise RuntimeError("SinkWindowCache.update called without plan(); feed tokens through StreamingState")
-        k, v = self.keys[layer_idx], self.values[layer_idx]
-        if k is None:
-            B, H, _, D = key_states.shape
-            k = key_states.new_zeros(B, H, self.capacity, D)  # (B, H, S+W, D)
-            v = value_states.new_zeros(B, H, self.capacity, value_states.shape[-1])  # (B, H, S+W, Dv)
-            self.keys[layer_idx], self.values[layer_idx] = k, v
+        k, v = self._buffers(layer_idx, key_states, value_states)
         k.index_copy_(2, plan.write, key_states)
         v.index_copy_(2, plan.write, value_states)
         S = self.sink
@@ -143,40 +127,21 @@ class SinkWindowCache:
             return k, v
         return k[:, :, : plan.length], v[:, :, : plan.length]
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.filled
-
-    def __len__(self) -> int:
-        return self.num_layers
-
-    # ---- saving --------------------------------------------------------------------------------------------
+    # ---- saving: the buffers (base class) plus the sink keys as first rotated and the ring's state -------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for i in range(self.num_layers):
-            if self.keys[i] is None:
-                continue
-            out[f"layer{i}.keys"] = self.keys[i][:, :, : self.filled]
-            out[f"layer{i}.values"] = self.values[i][:, :, : self.filled]
-            if self.sink_keys[i] is not None:
-                out[f"layer{i}.sink_keys"] = self.sink_keys[i]
+        out = super().tensors()
+        for i, sk in enumerate(self.sink_keys):
+            if sk is not None and self.keys[i] is not None:
+                out[f"layer{i}.sink_keys"] = sk
         return out
 
     def meta(self) -> dict[str, int]:
-        return {"filled": self.filled, "head": self.head, "base": self.base, "evicted": self.evicted}
+        return {**super().meta(), "head": self.head, "base": self.base}
 
     def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, int]) -> None:
-        self.filled, self.head = int(meta["filled"]), int(meta["head"])
-        self.base, self.evicted = int(meta["base"]), int(meta["evicted"])
+        super().load(tensors, meta)
+        self.head, self.base = int(meta["head"]), int(meta["base"])
         for i in range(self.num_layers):
-            k = tensors.get(f"layer{i}.keys")
-            if k is None:
-                continue
-            v = tensors[f"layer{i}.values"]
-            B, H, n, D = k.shape
-            self.keys[i] = k.new_zeros(B, H, self.capacity, D, device=self.device)  # (B, H, S+W, D)
-            self.values[i] = v.new_zeros(B, H, self.capacity, v.shape[-1], device=self.device)
-            self.keys[i][:, :, :n] = k.to(self.device)
-            self.values[i][:, :, :n] = v.to(self.device)
             sk = tensors.get(f"layer{i}.sink_keys")
             self.sink_keys[i] = sk.to(self.device) if sk is not None else None
             self._sink_base[i] = self.base
