@@ -56,14 +56,14 @@ def make_tiny_config(arch: str, max_positions: int = 256, **overrides):
     return cls(**common, **extra)
 
 
-def build_tiny(arch: str, tokenizer, seed: int = 0, **overrides):
+def build_tiny(arch: str, tokenizer, seed: int = 0, device: str = "cpu", **overrides):
     from transformers import AutoModelForCausalLM
 
     from longctx_llm.models import wrap_model
 
     torch.manual_seed(seed)
     cfg = make_tiny_config(arch, **overrides)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(device)
     return wrap_model(model, tokenizer, source=f"tiny-{arch}")
 
 

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from . import hf_adapter
+from .cuda_graphs import GraphRunner, available as cuda_available
 from .errors import LongctxError, SessionError
 from .progress import progress_bar
 
@@ -116,17 +117,27 @@ class StrategyState(ABC):
         raise SessionError(f"{type(self).__name__} does not support restoring")
 
 
+def cuda_graphs_available(model) -> bool:
+    """Whether a loaded model (:class:`~longctx_llm.models.LoadedModel`) runs where CUDA graphs can replay."""
+    return cuda_available(torch.device(model.device))
+
+
 class KVCacheState(StrategyState):
     """A KV-cache state with chunked prefill and left-padding support; override the seams, not ``forward``."""
 
     #: longest piece fed in one forward during prefill; bounds activation memory (None: no chunking)
     prefill_chunk_size: Optional[int] = 2048
 
-    def __init__(self, model, batch_size: int = 1, prefill_chunk_size: Optional[int] = None):
+    def __init__(
+        self, model, batch_size: int = 1, prefill_chunk_size: Optional[int] = None, *, cuda_graphs: bool = False
+    ):
         self.model = model  # LoadedModel
         self.batch_size = batch_size
         if prefill_chunk_size is not None:
             self.prefill_chunk_size = prefill_chunk_size
+        #: replay forwards that ``graph_key`` names from CUDA graphs (only on a CUDA device)
+        self.cuda_graphs = bool(cuda_graphs) and cuda_graphs_available(model)
+        self._graphs: Optional[GraphRunner] = None
         self.cache = self.make_cache()
         self.seen = 0
         self.padding: Optional[torch.Tensor] = None  # (B, seen) bool, None while no row has padding
@@ -158,6 +169,15 @@ class KVCacheState(StrategyState):
     def attention_extra(self) -> dict[str, Any]:
         return {}
 
+    def graph_key(self, new_tokens: int, all_logits: bool) -> Optional[tuple]:
+        """A key if this forward (planned already: called after ``logical_positions``) may replay a CUDA graph.
+
+        Only for forwards that are the same GPU program every time (same shapes; every tensor read or written at a
+        fixed address; no Python decision inside the forward that changes between calls): see
+        :mod:`longctx_llm.cuda_graphs`. Default: never (a growing cache changes shape every step).
+        """
+        return None
+
     # ---- the one forward ----------------------------------------------------------------------------------
     def _chunk(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
         B, T = ids.shape
@@ -172,21 +192,37 @@ class KVCacheState(StrategyState):
             key_padding = torch.cat([self.padding, piece], dim=1)
         else:
             key_padding = None
-        ctx = hf_adapter.AttentionContext(
-            q_positions=logical, key_padding=key_padding, attention=self.attention(), extra=self.attention_extra()
-        )
-        logits = hf_adapter.forward(
-            self.model.model,
-            ids,
-            position_ids=self.rope_positions(logical),
-            cache=self.cache,
-            ctx=ctx,
-            logits_to_keep=0 if all_logits else 1,
-        )
+        rope = self.rope_positions(logical)
+        key = self.graph_key(T, all_logits) if self.cuda_graphs and key_padding is None else None
+        if key is not None:
+            logits = self._graphed_forward(key, ids, rope, logical, all_logits)
+        else:
+            ctx = hf_adapter.AttentionContext(
+                q_positions=logical, key_padding=key_padding, attention=self.attention(), extra=self.attention_extra()
+            )
+            logits = hf_adapter.forward(
+                self.model.model, ids, position_ids=rope, cache=self.cache, ctx=ctx, logits_to_keep=0 if all_logits else 1
+            )
         self.padding = key_padding
         self.real_tokens = self.real_tokens + (T if new_mask is None else new_mask.long().sum(-1))
         self.seen += T
         return logits
+
+    def _graphed_forward(self, key, ids, rope, logical, all_logits: bool) -> torch.Tensor:
+        runner = self._graphs
+        if runner is None or runner.owner is not self.cache:  # a new cache (restored session): new buffers
+            runner = self._graphs = GraphRunner(self.cache)
+        attention, extra = self.attention(), self.attention_extra()
+        model, cache = self.model.model, self.cache
+
+        def forward(st: dict[str, torch.Tensor]) -> torch.Tensor:
+            ctx = hf_adapter.AttentionContext(q_positions=st["q_positions"], attention=attention, extra=dict(extra))
+            return hf_adapter.forward(
+                model, st["input_ids"], position_ids=st["position_ids"], cache=cache, ctx=ctx,
+                logits_to_keep=0 if all_logits else 1,
+            )
+
+        return runner.run(key, {"input_ids": ids, "position_ids": rope, "q_positions": logical}, forward)
 
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask=None, *, all_logits=False):

@@ -55,11 +55,14 @@ class SinkWindowCache(SinkBuffers):
         super().__init__(num_layers, sink, window, rotary, device)
         self.rebase_every = rebase_every or window
         self.sink_keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S, D) rotated at 0..S-1
-        self._sink_base = [0] * num_layers  # the base each layer's sink slots are rotated for
         self.head = 0  # ring index of the oldest window token
         self.base = 0  # RoPE offset: slot s is rotated at base + s
         self._plan: Optional[Plan] = None
-        self._base_t = torch.zeros((), dtype=torch.long, device=self.device)  # base as a tensor, made once per change
+        # Tensors a forward reads besides the cache, kept at fixed addresses and refilled in place, so that a full
+        # cache's forward is the same GPU program every time and can replay from a CUDA graph (cuda_graphs.py):
+        self._base_t = torch.zeros((), dtype=torch.long, device=self.device)  # base, for the sink rotation
+        self._write: dict[int, torch.Tensor] = {}  # piece length -> (T,) physical slots of the new tokens
+        self._ring_index = torch.arange(window, device=self.device)  # (W,)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     def plan(self, new_tokens: int) -> Plan:
@@ -79,14 +82,17 @@ class SinkWindowCache(SinkBuffers):
             evict = n + T - self.capacity
             count = n - S  # window tokens held
             free = (self.head + count) % W  # ring index after the newest token
-            write = S + (free + torch.arange(T, device=dev)) % W
+            write = self._write.get(T)
+            if write is None:
+                write = self._write[T] = torch.empty(T, dtype=torch.long, device=dev)
+            torch.add(self._ring_index[:T], free, out=write).remainder_(W).add_(S)  # S + (free + i) mod W
             keep = self.capacity - T
             slots = torch.arange(keep, keep + T, device=dev)
             self.head = (self.head + evict) % W
             self.base += evict
             self.evicted += evict
             self.filled = self.capacity
-            self._base_t = torch.tensor(self.base, device=dev)  # one host->device copy per forward, not per layer
+            self._base_t.fill_(self.base)  # once per forward, not per layer
             plan = Plan(write, self.capacity, False, slots, False)
         self._plan = plan
         return plan
@@ -107,6 +113,7 @@ class SinkWindowCache(SinkBuffers):
             if k is not None:
                 k[:, :, S:] = self._rotate(k[:, :, S:], -self._base_t)  # (B, H, W, D)
         self.base = 0
+        self._base_t.fill_(0)
 
     # ---- the Cache protocol the models call -------------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -120,9 +127,10 @@ class SinkWindowCache(SinkBuffers):
         S = self.sink
         if plan.fills_sinks:
             self.sink_keys[layer_idx] = k[:, :, :S].clone()  # (B, H, S, D) as rotated at 0..S-1
-        elif S and self._sink_base[layer_idx] != self.base:
+        elif S and self.base:
+            # every evicting forward moves base, so the sinks are re-rotated unconditionally once the cache is full
+            # (S keys per layer; no per-layer bookkeeping, which a replayed CUDA graph could not see)
             k[:, :, :S] = self._rotate(self.sink_keys[layer_idx], self._base_t)  # (B, H, S, D)
-        self._sink_base[layer_idx] = self.base
         if plan.length == self.capacity:
             return k, v
         return k[:, :, : plan.length], v[:, :, : plan.length]
@@ -144,5 +152,4 @@ class SinkWindowCache(SinkBuffers):
         for i in range(self.num_layers):
             sk = tensors.get(f"layer{i}.sink_keys")
             self.sink_keys[i] = sk.to(self.device) if sk is not None else None
-            self._sink_base[i] = self.base
-        self._base_t = torch.tensor(self.base, device=self.device)
+        self._base_t.fill_(self.base)

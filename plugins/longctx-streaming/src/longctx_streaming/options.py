@@ -31,6 +31,12 @@ class StreamingOptions(StrategyOptions):
         f"default: min({DEFAULT_PIECE}, window // 2).",
     )
 
+    cuda_graphs: bool = Field(
+        True,
+        description="On a CUDA device, replay full-cache forwards (one-token decode and whole prefill pieces) from "
+        "CUDA graphs instead of launching every kernel from Python (ring layout; ignored on CPU).",
+    )
+
     @model_validator(mode="after")
     def _sizes(self) -> "StreamingOptions":
         if self.window <= self.sink_tokens:

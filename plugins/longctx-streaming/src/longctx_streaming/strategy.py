@@ -34,9 +34,13 @@ logger = logging.getLogger(__name__)
 class _SinkWindowState(KVCacheState):
     """What both cache layouts share: positions = the next cache slots, append-only sessions, saving."""
 
+    #: whether this layout's full-cache forwards can replay from CUDA graphs (see ``StreamingState.graph_key``)
+    graphable = False
+
     def __init__(self, model, batch_size: int, options: StreamingOptions):
         self.options = options
-        super().__init__(model, batch_size, prefill_chunk_size=options.piece)
+        graphs = options.cuda_graphs and self.graphable
+        super().__init__(model, batch_size, prefill_chunk_size=options.piece, cuda_graphs=graphs)
 
     def _rotary(self) -> hf_adapter.Rotary:
         return hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
@@ -83,6 +87,8 @@ class _SinkWindowState(KVCacheState):
 class StreamingState(_SinkWindowState):
     """The ring layout (``cache.py``): nothing moves on eviction; its own RoPE offset and ring-aware attention."""
 
+    graphable = True
+
     def make_cache(self) -> SinkWindowCache:
         o = self.options
         return SinkWindowCache(self.model.info.num_layers, o.sink_tokens, o.window, self._rotary(), self.model.device)
@@ -102,6 +108,21 @@ class StreamingState(_SinkWindowState):
     def attention_extra(self) -> dict[str, Any]:
         plan = self.cache._plan
         return {"streaming_write": plan.write} if plan is not None else {}
+
+    def graph_key(self, new_tokens: int, all_logits: bool) -> Optional[tuple]:
+        """Full-cache forwards of one-token decode or whole prefill pieces replay from CUDA graphs.
+
+        Once the cache is full every forward is the same GPU program: it writes its keys at the slots in the
+        cache's fixed ``write`` buffer, re-rotates the sinks by the fixed ``base`` tensor, and attends over the
+        whole buffer (ring mask for pieces, everything for one token). Other piece lengths (a turn's remainder)
+        run eagerly, so a session captures at most four graphs.
+        """
+        plan, cache = self.cache._plan, self.cache
+        if plan is None or plan.ordered or plan.fills_sinks or plan.length != cache.capacity or not cache.base:
+            return None
+        if new_tokens != 1 and new_tokens != self.prefill_chunk_size:
+            return None
+        return ("ring", new_tokens, all_logits)
 
 
 class ShiftingStreamingState(_SinkWindowState):

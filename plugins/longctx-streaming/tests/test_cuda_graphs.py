@@ -1,0 +1,97 @@
+"""Replaying full-cache forwards from CUDA graphs gives what eager forwards give.
+
+On CPU the graph is emulated: "capture" runs the forward once from the static buffers (so a forward that is not
+idempotent, or that reads a per-call tensor instead of a fixed buffer, shows up as a mismatch), and "replay" runs
+it again from the same static buffers. On a CUDA machine the real graphs are checked too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longctx_llm import cuda_graphs
+from longctx_llm import strategy as strategy_mod
+from longctx_streaming import StreamingStrategy
+
+
+class _EmulatedGraph:
+    def __init__(self, forward, static):
+        self.forward, self.static = forward, static
+        self.out = forward(static)  # "capture": a real capture would record these kernels
+
+    def replay(self):
+        self.out.copy_(self.forward(self.static))
+
+
+class _EmulatedRunner(cuda_graphs.GraphRunner):
+    def _capture(self, key, inputs, forward):
+        static = {name: t.clone() for name, t in inputs.items()}
+        graph = _EmulatedGraph(forward, static)
+        self._graphs[key] = (graph, static, graph.out)
+        return self._graphs[key]
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    monkeypatch.setattr(strategy_mod, "cuda_available", lambda device: True)
+    monkeypatch.setattr(strategy_mod, "GraphRunner", _EmulatedRunner)
+
+
+def _stream(model, ids, graphs: bool, piece: int, decode: int):
+    strat = StreamingStrategy(sink_tokens=4, window=24, prefill_chunk_size=piece, cuda_graphs=graphs)
+    state = strat.new_state(model)
+    logits = [state.forward(ids[:, i : i + piece], all_logits=True)[0] for i in range(0, ids.shape[1], piece)]
+    tok = ids[:, :1]
+    for _ in range(decode):  # one-token decode against the full cache
+        logits.append(state.forward(tok)[0])
+        tok = logits[-1][-1:].argmax(-1)[None]
+    return torch.cat(logits), state
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_emulated_replay_equals_eager(tiny_model, emulated, arch):
+    model = tiny_model(arch, max_positions=256)
+    ids = torch.randint(0, 49152, (1, 160), generator=torch.Generator().manual_seed(3))
+    eager, _ = _stream(model, ids, graphs=False, piece=8, decode=12)
+    graphed, state = _stream(model, ids, graphs=True, piece=8, decode=12)
+    assert state.cuda_graphs and state._graphs.captured == 2  # pieces (all logits) and one-token decode
+    assert state.cache.evicted > 3 * state.cache.window  # replays went through ring wrap-arounds and rebases
+    torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_key_only_for_full_cache_fixed_shapes(tiny_model, emulated):
+    model = tiny_model("llama", max_positions=256)
+    state = StreamingStrategy(sink_tokens=4, window=24, prefill_chunk_size=8).new_state(model)
+    keys = []
+    for n in (8, 8, 8, 8, 5, 8, 1):
+        state.cache.plan(n)
+        keys.append(state.graph_key(n, all_logits=True))
+        state.cache._plan = None
+        state.cache.filled = state.cache.filled  # bookkeeping only: no forward
+    assert keys[:3] == [None, None, None]  # filling up: the cache is not full yet
+    assert keys[3] == ("ring", 8, True) and keys[4] is None  # a remainder piece stays eager
+    assert keys[5] == ("ring", 8, True) and keys[6] == ("ring", 1, True)
+
+
+def test_shift_layout_and_option_off_stay_eager(tiny_model, emulated):
+    model = tiny_model("llama", max_positions=256)
+    assert not StreamingStrategy(window=24, layout="shift").new_state(model).cuda_graphs
+    assert not StreamingStrategy(window=24, cuda_graphs=False).new_state(model).cuda_graphs
+    assert StreamingStrategy(window=24).new_state(model).cuda_graphs
+
+
+def test_cpu_never_uses_graphs(tiny_model):
+    model = tiny_model("llama", max_positions=256)
+    assert not StreamingStrategy(window=24).new_state(model).cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox"])
+def test_real_cuda_graphs_equal_eager(tiny_model, arch):
+    model = tiny_model(arch, max_positions=256, device="cuda")
+    ids = torch.randint(0, 49152, (1, 400), generator=torch.Generator().manual_seed(4)).cuda()
+    eager, _ = _stream(model, ids, graphs=False, piece=16, decode=20)
+    graphed, state = _stream(model, ids, graphs=True, piece=16, decode=20)
+    assert state._graphs.enabled and state._graphs.captured == 2
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
