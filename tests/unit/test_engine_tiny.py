@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from conftest import TINY_ARCHS
 from longctx_llm import ContextWindowError, Engine, InputError, SessionError
 from longctx_llm.generation import run_to_end, generate
 from longctx_llm.config import GenerationConfig
 
+#: architectures the root conftest's ``tiny_model`` builds (not imported: plugin test dirs have their own conftest)
+TINY_ARCHS = ("llama", "qwen2", "gpt_neox")
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 
 
