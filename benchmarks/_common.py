@@ -90,3 +90,39 @@ def random_llama(args, tokenizer, device, dtype):
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
     return wrap_model(model, tokenizer, source="random-llama-8b-shape")
+
+
+#: benchmark variants of the long-context strategies: name -> (strategy, fixed options)
+VARIANTS = {
+    "full": ("full", {}),  # plain attention, given a window as long as the longest length (measured past L)
+    "dca": ("dca", {}),
+    "dca_temp": ("dca", {"temperature_scaling": True}),  # DCA with YaRN-style logit scaling past L (DCA §3.3)
+}
+
+
+def add_variant_args(p, default: str = "full,dca") -> None:
+    """``--variants`` (names of :data:`VARIANTS`) and the DCA size overrides shared by the DCA benchmarks."""
+    p.add_argument("--variants", "--strategies", dest="variants", default=default,
+                   help=f"comma-separated, of {', '.join(VARIANTS)} (dca_temp: DCA with temperature_scaling)")
+    p.add_argument("--dca-chunk-size", type=int, default=None, help="override DCA's chunk_size")
+    p.add_argument("--dca-local-window", type=int, default=None, help="override DCA's local_window")
+    p.add_argument("--dca-pretraining-length", type=int, default=None,
+                   help="pretend the model's pretraining length L is this (DCA's sizes and temperature follow it): "
+                        "makes DCA chunk at the small lengths of a CPU dry run")
+
+
+def variant_specs(args, max_length: int) -> dict[str, dict]:
+    """Strategy specs (for ``Engine(strategy=...)``) of ``args.variants``, each with a window of ``max_length``."""
+    specs = {}
+    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+        strategy, fixed = VARIANTS[name]
+        spec = {"name": strategy, "max_length": max_length, **fixed}
+        if strategy == "dca":
+            for opt in ("chunk_size", "local_window", "pretraining_length"):
+                value = getattr(args, f"dca_{opt}")
+                if value:
+                    spec[opt] = value
+        specs[name] = spec
+    return specs
