@@ -5,9 +5,16 @@ DCA's chunk_size 6144 / local_window 1024). Every DCA variant is first checked a
 math path, float32 on upcast inputs) on small random inputs; then all variants are timed side by side with CUDA
 events (median of --repeats after a warm-up) and reported as a ratio to the fastest SDPA causal backend.
 
+Variants ``dca_<backend>`` run the chunked path as it runs in a model (with Triton on CUDA: fused query rotation
+and LSE merge, :mod:`longctx_dca.triton_ops`); ``dca_<backend>_torch`` the same with PyTorch ops instead
+(``fused=False``), so the two are compared side by side. ``--profile N`` then profiles one DCA call at length N
+(torch.profiler) and prints the 25 kernels with the most CUDA time: where the time above SDPA goes.
+
 Imports only torch and longctx_dca's attention modules (runs on a bare GPU machine):
 
     PYTHONPATH=plugins/longctx-dca/src python3 benchmarks/dca_kernel.py --out bench-out
+    PYTHONPATH=plugins/longctx-dca/src python3 benchmarks/dca_kernel.py --variants cuda_cudnn,cuda_cudnn_torch \
+        --no-flex --profile 131072
     python benchmarks/dca_kernel.py --lengths 1024,2048 --device cpu --dtype float32 --pretraining-length 512
 """
 
@@ -19,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -38,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--variants", default="auto", help="comma-separated DCA variants, or auto (all usable)")
     p.add_argument("--no-flex", action="store_true", help="skip the FlexAttention variant (compiles ~1 min)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile one DCA call at length N (CUDA)")
+    p.add_argument("--profile-variants", default=None, help="comma-separated DCA variants to profile (default: first)")
     p.add_argument("--out", default="bench-out")
     return p.parse_args(argv)
 
@@ -98,12 +108,34 @@ def sdpa_variants(device):
     return out
 
 
-def dca_variants(device, dtype, args):
+def fused_available(device) -> bool:
+    """Whether ``dca_chunked`` takes its Triton path here (CUDA and Triton importable)."""
+    if device.type != "cuda":
+        return False
+    try:
+        from longctx_dca import triton_ops  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chunked(backend: str, fused: Optional[bool], inv_freq):
+    def run(q, k, v, g, rot, scale):
+        return dca_chunked(q, k, v, g, rot, scale=scale, backend=backend, inv_freq=inv_freq, fused=fused)
+
+    return run
+
+
+def dca_variants(device, dtype, args, inv_freq):
     names = [n for n in kernels.BACKENDS if n != "math" and kernels.usable(n, device, dtype)]
+    if fused_available(device):  # each backend also without the Triton kernels, to compare
+        names = [x for n in names for x in (n, f"{n}_torch")]
     if args.variants != "auto":
         names = [n for n in args.variants.split(",") if n != "flex"]
-    out = {f"dca_{n}": (lambda n: lambda q, k, v, g, rot, scale: dca_chunked(q, k, v, g, rot, scale=scale, backend=n))(n)
-           for n in names}
+    out = {}
+    for n in names:
+        backend, torch_only = (n[: -len("_torch")], True) if n.endswith("_torch") else (n, False)
+        out[f"dca_{n}"] = chunked(backend, False if torch_only else None, inv_freq)
     want_flex = args.variants == "auto" or "flex" in args.variants.split(",")
     if device.type == "cuda" and want_flex and not args.no_flex:
         from longctx_dca.flex import dca_flex
@@ -141,13 +173,43 @@ def check(variants, args, device, dtype, rot):
     return errs
 
 
+def profile(args, device, dtype, g, rot, scale, dca, out: Path):
+    """Each of --profile-variants, one call at length --profile under torch.profiler: top 25 kernels, and a trace."""
+    q, k, v = inputs(args.profile, args, device, dtype)
+    names = args.profile_variants.split(",") if args.profile_variants else [next(iter(dca))]
+    for name in names:
+        name = name if name.startswith("dca_") else f"dca_{name}"
+        profile_one(name, dca[name], q, k, v, args, device, g, rot, scale, out)
+
+
+def profile_one(name, fn, q, k, v, args, device, g, rot, scale, out: Path):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    fn(q, k, v, g, rot, scale)  # warm-up: kernel selection, cuDNN plans, Triton compilation
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn(q, k, v, g, rot, scale)
+        sync(device)
+    events = prof.key_averages()
+    sort = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    try:
+        table = events.table(sort_by=sort, row_limit=25)
+    except (AttributeError, KeyError, ValueError):  # older torch names it cuda_time_total
+        table = events.table(sort_by="cuda_time_total", row_limit=25)
+    print(f"\nprofile: {name} at n={args.profile} (one call; sorted by {sort})\n{table}", flush=True)
+    (out / f"profile_{name}_{args.profile}.txt").write_text(table)
+    prof.export_chrome_trace(str(out / f"profile_{name}_{args.profile}.json"))
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     g = geometry(args.pretraining_length)
-    rot = rope_rotate(default_inv_freq(args.head_dim, 500000.0))
+    inv_freq = default_inv_freq(args.head_dim, 500000.0).to(device)
+    rot = rope_rotate(inv_freq)
     scale = args.head_dim**-0.5
-    plain, dca = sdpa_variants(device), dca_variants(device, dtype, args)
+    plain, dca = sdpa_variants(device), dca_variants(device, dtype, args, inv_freq)
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -157,13 +219,14 @@ def main(argv=None):
         "head_dim": args.head_dim,
         "chunk_size": g.chunk_size,
         "local_window": g.local_window,
+        "triton_fused": fused_available(device),
         "date": time.strftime("%Y-%m-%d"),
     }
     print(f"# {info}", flush=True)
     errs = check(dca, args, device, dtype, rot)
     print("\ncorrectness vs reference (n=1500, chunk_len 384, local_window 128):")
     for name, e in errs.items():
-        print(f"  {name:<20} max_abs_err {e['max_abs_err']:.2e}  rel_err {e['rel_err']:.2e}  finite {e['finite']}")
+        print(f"  {name:<24} max_abs_err {e['max_abs_err']:.2e}  rel_err {e['rel_err']:.2e}  finite {e['finite']}")
     rows = []
     for n in [int(x) for x in args.lengths.split(",")]:
         q, k, v = inputs(n, args, device, dtype)
@@ -182,16 +245,21 @@ def main(argv=None):
         base = times[base_name]
         for name, t in times.items():
             rows.append({"length": n, "variant": name, "ms": t, "ratio_to_fastest_sdpa": t / base, "baseline": base_name})
-            print(f"  n={n:>7}  {name:<20} {t:9.2f} ms  {t / base:5.2f}x {base_name}", flush=True)
+            print(f"  n={n:>7}  {name:<24} {t:9.2f} ms  {t / base:5.2f}x {base_name}", flush=True)
         del q, k, v
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dca_kernel.json").write_text(json.dumps({"info": info, "check": errs, "rows": rows}, indent=2))
-    print(f"\n{'length':>8} {'variant':<20} {'ms/layer':>10} {'x fastest SDPA':>15}")
+    print(f"\n{'length':>8} {'variant':<24} {'ms/layer':>10} {'x fastest SDPA':>15} {'x torch path':>13}")
+    by_key = {(r["length"], r["variant"]): r["ms"] for r in rows}
     for r in rows:
-        print(f"{r['length']:>8} {r['variant']:<20} {r['ms']:>10.2f} {r['ratio_to_fastest_sdpa']:>15.2f}")
+        twin = by_key.get((r["length"], r["variant"] + "_torch"))  # the same variant without the Triton kernels
+        vs = f"{r['ms'] / twin:>13.2f}" if twin else ""
+        print(f"{r['length']:>8} {r['variant']:<24} {r['ms']:>10.2f} {r['ratio_to_fastest_sdpa']:>15.2f} {vs}")
+    if args.profile:
+        profile(args, device, dtype, g, rot, scale, dca, out)
     try:
         import matplotlib
 

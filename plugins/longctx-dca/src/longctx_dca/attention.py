@@ -13,13 +13,14 @@ merged exactly by their log-sum-exp (:func:`longctx_dca.kernels.merge`).
 
 Two paths, both O(n) in memory (no n x n matrix is ever built):
 
-- :func:`dca_chunked` — rows share one text layout (no padding): per DCA chunk of the queries, three (or four)
-  calls of a fused kernel returning the LSE (:mod:`longctx_dca.kernels`). The fast path on GPU and CPU.
+- :func:`dca_chunked` — rows share one text layout (no padding): per DCA chunk of the queries, a few calls of a
+  fused kernel returning the LSE (:mod:`longctx_dca.kernels`). The fast path on GPU and CPU; on CUDA the query
+  re-rotation and the merge run as Triton kernels when Triton is installed (:mod:`longctx_dca.triton_ops`).
 - :func:`dca_blocked` — any layout (left padding, per-row positions): query blocks, masks from explicit positions,
   each part restricted to the key columns it can touch. Also the reference the fast paths are checked against.
 
 Queries are re-rotated by position *deltas* with a caller-supplied ``rotate(x, delta)`` (the model's RoPE), done in
-float32 so bf16 models lose no precision to the extra rotation.
+float32 so bf16 models lose no precision to the extra rotation (the fused kernel does the same from ``inv_freq``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,39 @@ def _scale_rows(q: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _fused_ops(q: torch.Tensor, fused: Optional[bool]):
+    """:mod:`longctx_dca.triton_ops` when the Triton kernels are to be used, else None.
+
+    fused None: on CUDA tensors when Triton imports; False: never; True: always (an error without Triton; on CPU
+    tensors it needs ``TRITON_INTERPRET=1``, which is how the tests run the fused path without a GPU).
+    """
+    if fused is False or (fused is None and not q.is_cuda) or q.dtype == torch.float64:
+        return None
+    try:
+        from . import triton_ops
+    except ImportError:
+        if fused:
+            raise
+        return None
+    return triton_ops
+
+
+def _intra(attend, qi, k, v, cs: int, a: int, b: int, scale: float) -> list:
+    """The intra part of query rows [a, b) of the chunk starting at cs: keys [cs, b), causal (bottom-right).
+
+    The fused kernels are top-left causal, so a query range that starts inside the chunk sees keys [cs, a) in full
+    and keys [a, b) causally (two parts; a single query needs no mask at all).
+    """
+    if a == cs:
+        return [attend(qi, k[:, :, cs:b], v[:, :, cs:b], causal=True, scale=scale)]
+    if b - a == 1:
+        return [attend(qi, k[:, :, cs:b], v[:, :, cs:b], causal=False, scale=scale)]
+    return [
+        attend(qi, k[:, :, cs:a], v[:, :, cs:a], causal=False, scale=scale),
+        attend(qi, k[:, :, a:b], v[:, :, a:b], causal=True, scale=scale),
+    ]
+
+
 def dca_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -98,51 +132,96 @@ def dca_chunked(
     *,
     scale: float,
     backend: str = "auto",
+    inv_freq: Optional[torch.Tensor] = None,
+    fused: Optional[bool] = None,
 ) -> torch.Tensor:
     """DCA for queries at positions ``K−T .. K−1`` over keys at ``0 .. K−1`` (no padding; every row alike).
 
     q (B, H, T, D) rotated at ``i mod s``; k/v (B, Hkv, K, D) with keys rotated at ``j mod s``.
     Returns (B, H, T, D) in q's dtype.
+
+    ``inv_freq`` (R/2,): the frequencies behind ``rotate`` (``hf_adapter.Rotary.inv_freq``); given, the fused path
+    re-rotates queries in one Triton kernel instead of calling ``rotate``. ``fused``: see :func:`_fused_ops`.
+
+    Work per query i of chunk c (``i' = i mod s``, chunk start cs = c·s), three attention calls per chunk:
+
+    - *intra*: keys [cs, i], the query as given (one causal call per chunk);
+    - *near* (only ``i' < w``, the first w rows of a chunk): successive keys [cs − s, cs) at ``i' + s``, a rotation
+      by the constant delta s (``query_deltas``: ``min(s + w − i', s)``);
+    - *far*: every key before the near ones, at ``s + w``. For ``i' >= w`` the successive position
+      ``min(i' + s, s + w)`` is ``s + w`` too, so those rows reach keys [0, cs); the first w rows reach [0, cs − s).
+      Either way the keys are [0, e·s) with ``e = (i − w) // s``: rows [e·s + w, (e + 1)·s + w) — one chunk's worth,
+      shifted by w — share one far call with one rotation (the last w rows of it belong to the next chunk).
+
+    Each row group's parts are merged by their LSE straight into its rows of the output.
     """
     B, H, T, D = q.shape
     K = k.shape[2]
-    s = g.chunk_len
+    s, w = g.chunk_len, g.local_window
     start = K - T
-    name = kernels.pick(q.device, q.dtype, backend, decode=T <= 16)
-    attend = kernels.BACKENDS[name]
-    pos = torch.arange(start, K, device=q.device)  # (T,)
-    succ_d, inter_d = query_deltas(pos, g)
-    factor = temperature(pos, g)
+    attend = kernels.BACKENDS[kernels.pick(q.device, q.dtype, backend, decode=T <= 16)]
+    ops = _fused_ops(q, fused)
+    merge_into = ops.merge_into if ops is not None else kernels.merge_into
+    if ops is not None and inv_freq is not None:
+        far_tab, near_tab = ops.dca_tables(inv_freq, s, w, q.device)  # cached: no set-up kernels per call
+
+        def rot(x: torch.Tensor, a: int, near: bool) -> torch.Tensor:  # x: rows from absolute position a on
+            if near:
+                return ops.rotate_tables(x, *near_tab)
+            j = (a - w) % s  # x's first row within its far block
+            return ops.rotate_tables(x, *(t[j : j + x.shape[2]] for t in far_tab))
+
+    else:
+        succ_d, inter_d = query_deltas(torch.arange(start, K, device=q.device), g)  # (T,) each
+
+        def rot(x: torch.Tensor, a: int, near: bool) -> torch.Tensor:
+            return _rot(rotate, x, (succ_d if near else inter_d)[a - start : a - start + x.shape[2]])
+
+    if g.temperature_scaling:
+        factor = temperature(torch.arange(start, K, device=q.device), g)
+        q = _scale_rows(q, factor)  # once for every part
+
+    def rows(a: int, b: int) -> torch.Tensor:  # queries at absolute positions [a, b)
+        return q[:, :, a - start : b - start]
+
+    def full(a: int, b: int, k0: int, k1: int, near: bool) -> tuple:  # rows [a, b) rotated, against keys [k0, k1)
+        o, lse = attend(rot(rows(a, b), a, near), k[:, :, k0:k1], v[:, :, k0:k1], causal=False, scale=scale)
+        return o, lse, a
+
+    def far(e: int) -> Optional[tuple]:  # the far call of rows [e·s + w, (e + 1)·s + w): keys [0, e·s)
+        a, b = max(start, e * s + w), min(K, (e + 1) * s + w)
+        return full(a, b, 0, e * s, near=False) if e >= 1 and a < b else None
+
+    def take(part: tuple, a: int, b: int) -> tuple:  # rows [a, b) of a part computed for rows from part[2] on
+        o, lse, r0 = part
+        return o[:, :, a - r0 : b - r0], lse[:, :, a - r0 : b - r0]
+
     out = torch.empty_like(q)  # (B, H, T, D)
-    for c in range(start // s, (K - 1) // s + 1):
-        a, b = max(start, c * s), min(K, (c + 1) * s)  # absolute query range in chunk c
-        sl = slice(a - start, b - start)
-        qi = _scale_rows(q[:, :, sl], None if factor is None else factor[sl])  # (B, H, t, D)
+    # a chunk's merges are launched after the next chunk's attention calls: the GPU is then busy with those while the
+    # CPU launches the merges (otherwise the first, small chunks of an isolated call leave the GPU waiting on launches)
+    pending: list = []
+    c0, c1 = start // s, (K - 1) // s
+    prev = far(c0 - 1)  # holds the far part of the first w rows of chunk c
+    for c in range(c0, c1 + 1):
         cs = c * s
-        parts = []
-        # intra: keys [cs, b), causal (bottom-right); the fused kernels are top-left causal, so a query range that
-        # starts inside the chunk sees keys [cs, a) in full and keys [a, b) causally
-        if a == cs:
-            parts.append(attend(qi, k[:, :, cs:b], v[:, :, cs:b], causal=True, scale=scale))
-        elif b - a == 1:
-            parts.append(attend(qi, k[:, :, cs:b], v[:, :, cs:b], causal=False, scale=scale))
+        a, b = max(start, cs), min(K, cs + s)  # absolute query range in chunk c
+        m = max(a, min(b, cs + w))  # rows [a, m): i' < w; rows [m, b): i' >= w
+        intra = [(o, lse, a) for o, lse in _intra(attend, rows(a, b), k, v, cs, a, b, scale)]
+        cur = far(c)
+        merges = []
+        if c == 0:  # no keys before the chunk: the intra part is all
+            merges.append((a, b, [take(p, a, b) for p in intra]))
         else:
-            parts.append(attend(qi, k[:, :, cs:a], v[:, :, cs:a], causal=False, scale=scale))
-            parts.append(attend(qi, k[:, :, a:b], v[:, :, a:b], causal=True, scale=scale))
-        if c >= 1:
-            # one rotation serves both parts: min(i' + s, s + w) = s + w for i' >= w, so the successive query only
-            # differs from the inter query on the first w rows of a chunk (saves a full pass over q per chunk)
-            qn = _rot(rotate, qi, inter_d[sl])  # (B, H, t, D) at chunk_size
-            head = max(0, min(b, cs + g.local_window) - a)  # rows with i' < w
-            qs = qn
-            if head:
-                qs = torch.cat([_rot(rotate, qi[:, :, :head], succ_d[sl][:head]), qn[:, :, head:]], dim=2)
-            # successive: the whole previous chunk
-            parts.append(attend(qs, k[:, :, cs - s : cs], v[:, :, cs - s : cs], causal=False, scale=scale))
-            if c >= 2:  # inter: every chunk before the previous one
-                parts.append(attend(qn, k[:, :, : cs - s], v[:, :, : cs - s], causal=False, scale=scale))
-        o, _ = kernels.merge(parts)
-        out[:, :, sl] = o.to(q.dtype)
+            if a < m:
+                succ = full(a, m, cs - s, cs, near=True)
+                merges.append((a, m, [take(p, a, m) for p in [*intra, succ, prev] if p is not None]))
+            if m < b:
+                merges.append((m, b, [take(p, m, b) for p in [*intra, cur]]))
+        for lo, hi, parts in pending:
+            merge_into(out[:, :, lo - start : hi - start], parts)
+        pending, prev = merges, cur
+    for lo, hi, parts in pending:
+        merge_into(out[:, :, lo - start : hi - start], parts)
     return out
 
 
@@ -241,14 +320,17 @@ def dca_attention(
     k_pos: Optional[torch.Tensor] = None,
     key_padding: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    inv_freq: Optional[torch.Tensor] = None,
+    fused: Optional[bool] = None,
 ) -> torch.Tensor:
     """DCA over the last T cache entries: the fast chunked path without padding, the blocked path with it.
 
     Without ``key_padding`` the positions are the cache indices (that is how :class:`KVCacheState` lays out a
     cache whose rows never padded), so q_pos/k_pos are not needed. ``backend="math"`` forces the blocked path.
+    ``inv_freq`` / ``fused``: the chunked path's Triton kernels (:func:`dca_chunked`).
     """
     if key_padding is None and backend != "math":
-        return dca_chunked(q, k, v, g, rotate, scale=scale, backend=backend)
+        return dca_chunked(q, k, v, g, rotate, scale=scale, backend=backend, inv_freq=inv_freq, fused=fused)
     K, T = k.shape[2], q.shape[2]
     if k_pos is None:
         k_pos = torch.arange(K, device=q.device)[None].expand(q.shape[0], K)

@@ -88,7 +88,8 @@ class DCAState(KVCacheState):
         return self._attention
 
     def _make_attention(self) -> hf_adapter.AttentionFn:
-        rotate = self.model.rotary.rotate
+        rotary = self.model.rotary
+        rotate, inv_freq = rotary.rotate, rotary.inv_freq  # inv_freq: the fused (Triton) query rotation on CUDA
         g, backend = self.geometry, self.backend
 
         def attention(module, query, key, value, ctx: hf_adapter.AttentionContext, *, scaling, dropout=0.0, **_):
@@ -106,6 +107,7 @@ class DCAState(KVCacheState):
                 k_pos=ctx.key_positions(kv_len) if padding is not None else None,
                 key_padding=padding,
                 backend=backend,
+                inv_freq=inv_freq,
             )  # (B, H, T, D)
             return out.transpose(1, 2).contiguous(), None  # (B, T, H, D), as transformers expects
 
