@@ -11,6 +11,7 @@
    ms/token and memory beside streaming's.
 
     python benchmarks/streaming_speed.py --out bench-out                                   # GPU defaults
+    python benchmarks/streaming_speed.py --shape llama-8b --tokens 65536 --checkpoints 4096,16384,65536 --out bench-out
     python benchmarks/streaming_speed.py --device cpu --tokens 4096 --window 508 --full-lengths 2048 --checkpoints 1024,4096
 """
 
@@ -23,7 +24,7 @@ import statistics
 import time
 
 import torch
-from _common import header, out_dir, plot, print_table, write_json
+from _common import add_model_shape_args, header, out_dir, plot, print_table, random_llama, write_json
 
 from longctx_llm.builtins.full import FullStrategy
 from longctx_llm.cuda_graphs import GraphRunner
@@ -100,12 +101,25 @@ def main(argv=None) -> int:
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--recompute-steps", type=int, default=8, help="tokens timed for the re-computing window")
     p.add_argument("--full-lengths", default="32768,65536", help="growing-cache baseline lengths")
+    p.add_argument("--shape", choices=["model", "llama-8b"], default="model",
+                   help="model: --model itself; llama-8b: a random-weight Llama-3-8B-shaped model (--layers of 32), "
+                        "the model size the paper's 22.2x was measured at")
+    add_model_shape_args(p, layers=32)
+    p.add_argument("--tokenizer", default=None, help="llama-8b shape: a tokenizer directory (instead of --model's)")
     p.add_argument("--cuda-graphs", choices=["both", "on", "off"], default="both",
                    help="streaming with CUDA graphs, without, or both side by side (GPU only)")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
+    if args.shape == "llama-8b":  # the paper's setting (a 7B-class model): random weights, speed only
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else ModelHandle(args.model).get().tokenizer
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+        loaded = random_llama(args, tok, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    else:
+        loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
     dev = loaded.device
     vocab = loaded.model.config.get_text_config().vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -194,7 +208,7 @@ def main(argv=None) -> int:
 
     out = out_dir(args.out)
     write_json(out, "streaming_speed.json", {
-        **header(str(dev), model=args.model, dtype=str(loaded.dtype), sink=args.sink, window=args.window,
+        **header(str(dev), model=args.model if args.shape == "model" else f"random llama-8b shape, {args.layers} layers", dtype=str(loaded.dtype), sink=args.sink, window=args.window,
                  piece=args.piece),
         "throughput_tokens_per_s": throughput, "runs": runs, "baselines": baseline_rows,
     })

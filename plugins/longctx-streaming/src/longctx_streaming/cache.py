@@ -63,6 +63,10 @@ class SinkWindowCache(SinkBuffers):
         self._base_t = torch.zeros((), dtype=torch.long, device=self.device)  # base, for the sink rotation
         self._write: dict[int, torch.Tensor] = {}  # piece length -> (T,) physical slots of the new tokens
         self._ring_index = torch.arange(window, device=self.device)  # (W,)
+        # the sink rotation, split so that each layer pays three kernels (not a full RoPE): per layer the sink keys
+        # and their rotate-half in float32, computed once; per forward one (2, D) cos/sin row for ``base``
+        self._sink_pairs: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * num_layers
+        self._sink_cs: Optional[torch.Tensor] = None  # (2, D): cos, sin of base·inv_freq (1, 0 past the rotary dims)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     def plan(self, new_tokens: int) -> Plan:
@@ -93,6 +97,7 @@ class SinkWindowCache(SinkBuffers):
             self.evicted += evict
             self.filled = self.capacity
             self._base_t.fill_(self.base)  # once per forward, not per layer
+            self._update_sink_angles()
             plan = Plan(write, self.capacity, False, slots, False)
         self._plan = plan
         return plan
@@ -127,13 +132,40 @@ class SinkWindowCache(SinkBuffers):
         S = self.sink
         if plan.fills_sinks:
             self.sink_keys[layer_idx] = k[:, :, :S].clone()  # (B, H, S, D) as rotated at 0..S-1
+            self._sink_pairs[layer_idx] = None
         elif S and self.base:
             # every evicting forward moves base, so the sinks are re-rotated unconditionally once the cache is full
             # (S keys per layer; no per-layer bookkeeping, which a replayed CUDA graph could not see)
-            k[:, :, :S] = self._rotate(self.sink_keys[layer_idx], self._base_t)  # (B, H, S, D)
+            sk, skh = self._sink_pair(layer_idx)
+            cs = self._sink_cs
+            k[:, :, :S] = torch.addcmul(sk * cs[0], skh, cs[1])  # (B, H, S, D): RoPE by base, in float32
         if plan.length == self.capacity:
             return k, v
         return k[:, :, : plan.length], v[:, :, : plan.length]
+
+    def _sink_pair(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sink keys, their rotate-half) in float32, (B, H, S, D) each, made once per layer."""
+        pair = self._sink_pairs[layer_idx]
+        if pair is None:
+            sk = self.sink_keys[layer_idx].float()
+            r = self.rotary.rotary_dim
+            half = torch.zeros_like(sk)
+            half[..., : r // 2] = -sk[..., r // 2 : r]
+            half[..., r // 2 : r] = sk[..., : r // 2]
+            pair = self._sink_pairs[layer_idx] = (sk, half)
+        return pair
+
+    def _update_sink_angles(self) -> None:
+        """Refill the (2, D) cos/sin row of the current base in place (its address stays fixed for graphs)."""
+        if not self.sink or self.keys[0] is None:
+            return
+        D, r = self.keys[0].shape[-1], self.rotary.rotary_dim
+        if self._sink_cs is None:
+            self._sink_cs = torch.zeros(2, D, dtype=torch.float32, device=self.device)
+            self._sink_cs[0, r:] = 1.0  # dimensions past the rotary ones pass through
+        cos, sin = self.rotary.cos_sin(self._base_t.reshape(1), torch.float32)  # (1, r) each
+        self._sink_cs[0, :r].copy_(cos[0])
+        self._sink_cs[1, :r].copy_(sin[0])
 
     # ---- saving: the buffers (base class) plus the sink keys as first rotated and the ring's state -------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -152,4 +184,6 @@ class SinkWindowCache(SinkBuffers):
         for i in range(self.num_layers):
             sk = tensors.get(f"layer{i}.sink_keys")
             self.sink_keys[i] = sk.to(self.device) if sk is not None else None
+            self._sink_pairs[i] = None
         self._base_t.fill_(self.base)
+        self._update_sink_angles()
