@@ -4,6 +4,7 @@
 #   call 1 (carry .whl .gguf/part_aa .data):  bash benchmarks/gpu_round6.sh a
 #   call 2 (carry .whl .gguf/part_ab .data):  bash benchmarks/gpu_round6.sh b
 #   then, on a fresh machine: c (carry .whl .gguf/part_aa .data), d (carry .whl .gguf/part_ab .data)
+#   and again: e (carry .whl .gguf/part_aa .data), f (carry .whl .gguf/part_ab .data)
 # (the DCA kernel numbers of this round came from benchmarks/dca_kernel.py; see RESULTS.md for its command)
 . benchmarks/device_env.sh
 case "$1" in
@@ -37,5 +38,14 @@ d)
     --cuda-graphs on --out "$OUT/speed_4k_graphs"
   run 480 python3 benchmarks/needle.py --model "$MODEL" --text "$TEXT" --lengths 4096,8192,16384,32768,65536 \
     --depths 10,30,50,70,90 --trials 5 --filler repeat --variants full,dca,dca_temp --out "$OUT/needle"
+  ;;
+e)  # only brings the GGUF's first half (the next call, on the same warm machine, brings the second)
+  bench_log gpu_round6e
+  ;;
+f)  # prefill/decode with this round's DCA kernel; streaming decode from 1k tokens with a window that is full at 1k
+  bench_log gpu_round6f
+  run 300 python3 benchmarks/dca_prefill.py --model "$MODEL" --out "$OUT/dca_prefill"
+  run 120 python3 benchmarks/streaming_speed.py --model "$MODEL" --window 1020 --piece 510 --full-lengths "" \
+    --cuda-graphs on --out "$OUT/speed_1k_graphs"
   ;;
 esac

@@ -25,6 +25,7 @@ how the tests check them against the PyTorch reference without a GPU.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence
 
 import torch
@@ -33,6 +34,23 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 
 MAX_PARTS = 4  # intra (two parts for a query range starting mid-chunk), near, far
+
+
+def _jit(*, do_not_specialize=(), do_not_specialize_on_alignment=()):
+    """``triton.jit`` that does not specialise on the arguments that change from call to call.
+
+    Triton compiles a variant per combination of "divisible by 16" / "equals 1" over int arguments and of 16-byte
+    alignment over pointers. DCA calls these kernels on row ranges of every length and offset, so specialising on
+    the row count, the LSE strides (multiples of T) and the LSE / table pointers (row offsets into float32 rows)
+    compiled a dozen variants on a first 64k prefill (8 s, measured on an H200). The arguments that stay fixed
+    (head dim, row strides) keep their specialisation, which is what vectorises the big loads.
+    ``do_not_specialize_on_alignment`` is passed only where this Triton has it (3.2+).
+    """
+    params = inspect.signature(triton.jit).parameters
+    kw = {"do_not_specialize": list(do_not_specialize)}
+    if "do_not_specialize_on_alignment" in params:
+        kw["do_not_specialize_on_alignment"] = list(do_not_specialize_on_alignment)
+    return triton.jit(**kw)
 
 
 @triton.jit
@@ -45,7 +63,10 @@ def _part_out(o_ptr, ob, oh, ot, b, h, rows, cols, mask):
     return tl.load(o_ptr + b * ob + h * oh + rows[:, None] * ot + cols[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@_jit(
+    do_not_specialize=["T", "slb", "slh", "lb0", "lh0", "lb1", "lh1", "lb2", "lh2", "lb3", "lh3"],
+    do_not_specialize_on_alignment=["lse_ptr", "l0", "l1", "l2", "l3"],
+)
 def _merge_kernel(
     out_ptr, sob, soh, sot,
     lse_ptr, slb, slh, slt,
@@ -132,7 +153,7 @@ def merge_into(
     return out
 
 
-@triton.jit
+@_jit(do_not_specialize=["T"], do_not_specialize_on_alignment=["cos_ptr", "sin_ptr"])
 def _rope_kernel(
     x_ptr, sxb, sxh, sxt,
     y_ptr, syb, syh, syt,
