@@ -4,7 +4,7 @@
 #   call 1 (carry .whl .gguf/part_aa .data):  bash benchmarks/gpu_round6.sh a
 #   call 2 (carry .whl .gguf/part_ab .data):  bash benchmarks/gpu_round6.sh b
 #   then, on a fresh machine: c (carry .whl .gguf/part_aa .data), d (carry .whl .gguf/part_ab .data)
-#   and again: e (carry .whl .gguf/part_aa .data), f (carry .whl .gguf/part_ab .data)
+#   and again: e (carry .whl .gguf/part_aa .data), f (carry .whl .gguf/part_ab .data); likewise i, j
 # (the DCA kernel numbers of this round came from benchmarks/dca_kernel.py; see RESULTS.md for its command)
 . benchmarks/device_env.sh
 case "$1" in
@@ -47,5 +47,15 @@ f)  # prefill/decode with this round's DCA kernel; streaming decode from 1k toke
   run 300 python3 benchmarks/dca_prefill.py --model "$MODEL" --out "$OUT/dca_prefill"
   run 120 python3 benchmarks/streaming_speed.py --model "$MODEL" --window 1020 --piece 510 --full-lengths "" \
     --cuda-graphs on --out "$OUT/speed_1k_graphs"
+  ;;
+i)  # only brings the GGUF's first half (j follows on the same warm machine)
+  bench_log gpu_round6i
+  ;;
+j)  # passkey at 32k/64k under two other DCA geometries (the default one is in d)
+  bench_log gpu_round6j
+  run 200 python3 benchmarks/needle.py --model "$MODEL" --text "$TEXT" --lengths 32768,65536 --trials 5 \
+    --filler repeat --variants dca --dca-local-window 512 --out "$OUT/needle_lw512"
+  run 200 python3 benchmarks/needle.py --model "$MODEL" --text "$TEXT" --lengths 32768,65536 --trials 5 \
+    --filler repeat --variants dca --dca-chunk-size 4096 --dca-local-window 512 --out "$OUT/needle_cs4096"
   ;;
 esac
