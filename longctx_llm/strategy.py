@@ -18,6 +18,7 @@ Strategies that act differently (RCC encodes the prompt once, window by window) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -180,6 +181,13 @@ class KVCacheState(StrategyState):
 
     # ---- the one forward ----------------------------------------------------------------------------------
     def _chunk(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
+        # One forward at a time per loaded model: sessions in other threads share it, and a CUDA graph capture must
+        # not see another thread's kernels (they would invalidate it). Per piece, so long prefills interleave.
+        lock = getattr(self.model, "lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            return self._chunk_locked(ids, mask, all_logits)
+
+    def _chunk_locked(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
         B, T = ids.shape
         new_mask = mask.bool() if mask is not None else None
         if new_mask is not None and bool(new_mask.all()):

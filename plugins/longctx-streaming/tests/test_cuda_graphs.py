@@ -95,3 +95,34 @@ def test_real_cuda_graphs_equal_eager(tiny_model, arch):
     graphed, state = _stream(model, ids, graphs=True, piece=16, decode=20)
     assert state._graphs.enabled and state._graphs.captured == 2
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_sessions_in_threads_share_the_model_one_forward_at_a_time(tiny_model, emulated, monkeypatch):
+    """Forwards of states on one model are serialised (a capture must not see another thread's kernels)."""
+    import threading
+
+    model = tiny_model("llama", max_positions=256)
+    ids = [torch.randint(0, 49152, (1, 120), generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    alone = [_stream(model, x, graphs=True, piece=8, decode=6)[0] for x in ids]
+    active, overlaps = [0], [0]
+    forward = strategy_mod.KVCacheState._chunk_locked
+
+    def watched(self, *a, **kw):
+        active[0] += 1
+        overlaps[0] = max(overlaps[0], active[0])
+        try:
+            return forward(self, *a, **kw)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(strategy_mod.KVCacheState, "_chunk_locked", watched)
+    results = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _stream(model, ids[i], True, 8, 6)[0]))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps[0] == 1
+    for got, want in zip(results, alone):
+        torch.testing.assert_close(got, want)
