@@ -106,3 +106,28 @@ def test_cuda_backends_equal_blocked(backend):
     out = dca_chunked(qc, kc, vc, g, rope_rotate(inv.cuda()), scale=0.2, backend=backend, inv_freq=inv)
     err = (out.double().cpu() - ref).norm() / ref.norm()
     assert err < 1e-2, err
+
+
+def test_failing_triton_kernels_fall_back_to_pytorch_ops(monkeypatch, caplog):
+    """A Triton that cannot build the kernels on some GPU/dtype must not break DCA: PyTorch ops take over, for good."""
+    import longctx_dca.attention as attn
+
+    class Broken:
+        calls = 0
+
+        @staticmethod
+        def merge_into(*a, **kw):
+            Broken.calls += 1
+            raise RuntimeError("no kernel image for this architecture")
+
+    monkeypatch.setattr(attn, "_FUSED_OFF", set())
+    monkeypatch.setattr(attn, "_fused_ops", lambda q, fused: None if (q.device, q.dtype) in attn._FUSED_OFF else Broken)
+    q, k, v = _inputs(1, 2, 1, 40, torch.float32, 7)
+    g = Geometry(9, 3)
+    want = dca_chunked(q, k, v, g, ROT, scale=0.25, fused=False)
+    with caplog.at_level("WARNING"):
+        got = dca_chunked(q, k, v, g, ROT, scale=0.25)
+    torch.testing.assert_close(got, want)
+    assert "using PyTorch ops" in caplog.text and Broken.calls == 1
+    dca_chunked(q, k, v, g, ROT, scale=0.25)  # the second call does not try the kernels again
+    assert Broken.calls == 1

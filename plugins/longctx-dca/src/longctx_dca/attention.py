@@ -25,12 +25,15 @@ float32 so bf16 models lose no precision to the extra rotation (the fused kernel
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from . import kernels
+
+logger = logging.getLogger(__name__)
 
 Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -90,6 +93,10 @@ def _scale_rows(q: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: (device, dtype) pairs on which the Triton kernels failed once (then PyTorch ops are used there)
+_FUSED_OFF: set = set()
+
+
 def _fused_ops(q: torch.Tensor, fused: Optional[bool]):
     """:mod:`longctx_dca.triton_ops` when the Triton kernels are to be used, else None.
 
@@ -97,6 +104,8 @@ def _fused_ops(q: torch.Tensor, fused: Optional[bool]):
     tensors it needs ``TRITON_INTERPRET=1``, which is how the tests run the fused path without a GPU).
     """
     if fused is False or (fused is None and not q.is_cuda) or q.dtype == torch.float64:
+        return None
+    if not fused and (q.device, q.dtype) in _FUSED_OFF:
         return None
     try:
         from . import triton_ops
@@ -155,12 +164,26 @@ def dca_chunked(
 
     Each row group's parts are merged by their LSE straight into its rows of the output.
     """
+    attend = kernels.BACKENDS[kernels.pick(q.device, q.dtype, backend, decode=q.shape[2] <= 16)]
+    ops = _fused_ops(q, fused)
+    if ops is not None:
+        try:
+            return _chunked(q, k, v, g, rotate, scale, attend, inv_freq, ops)
+        except Exception as exc:  # a Triton that cannot build these kernels for this GPU/dtype: PyTorch ops then
+            if fused:
+                raise
+            _FUSED_OFF.add((q.device, q.dtype))
+            logger.warning("DCA: Triton kernels failed on %s/%s (%s: %s); using PyTorch ops from now on",
+                           q.device, q.dtype, type(exc).__name__, exc)
+    return _chunked(q, k, v, g, rotate, scale, attend, inv_freq, None)
+
+
+def _chunked(q, k, v, g: Geometry, rotate: Rotate, scale: float, attend, inv_freq, ops) -> torch.Tensor:
+    """:func:`dca_chunked` with its attention kernel chosen and ``ops`` (Triton kernels) or None (PyTorch ops)."""
     B, H, T, D = q.shape
     K = k.shape[2]
     s, w = g.chunk_len, g.local_window
     start = K - T
-    attend = kernels.BACKENDS[kernels.pick(q.device, q.dtype, backend, decode=T <= 16)]
-    ops = _fused_ops(q, fused)
     merge_into = ops.merge_into if ops is not None else kernels.merge_into
     if ops is not None and inv_freq is not None:
         far_tab, near_tab = ops.dca_tables(inv_freq, s, w, q.device)  # cached: no set-up kernels per call
