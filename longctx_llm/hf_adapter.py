@@ -265,6 +265,12 @@ class Rotary:
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
+    @staticmethod
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        """[x1, x2] -> [-x2, x1] over the last dim (the rotary dims only): RoPE is ``x cos + rotate_half(x) sin``."""
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
     def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Rotate x (B, H, T, D) by ``delta`` positions; delta is (T,), (B, T) or a scalar tensor."""
         if delta.dim() == 0:
@@ -276,9 +282,7 @@ class Rotary:
             cos, sin = cos[:, None], sin[:, None]
         r = self.rotary_dim
         x_rot, x_pass = x[..., :r], x[..., r:]
-        half = r // 2
-        rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-        out = x_rot * cos + rotated_half * sin
+        out = x_rot * cos + self.rotate_half(x_rot) * sin
         return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 

@@ -149,9 +149,8 @@ class SinkWindowCache(SinkBuffers):
         if pair is None:
             sk = self.sink_keys[layer_idx].float()
             r = self.rotary.rotary_dim
-            half = torch.zeros_like(sk)
-            half[..., : r // 2] = -sk[..., r // 2 : r]
-            half[..., r // 2 : r] = sk[..., : r // 2]
+            half = torch.zeros_like(sk)  # zero past the rotary dims: those pass through (cos 1, sin 0)
+            half[..., :r] = self.rotary.rotate_half(sk[..., :r])
             pair = self._sink_pairs[layer_idx] = (sk, half)
         return pair
 
