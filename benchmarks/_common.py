@@ -103,7 +103,8 @@ VARIANTS = {
 def add_variant_args(p, default: str = "full,dca") -> None:
     """``--variants`` (names of :data:`VARIANTS`) and the DCA size overrides shared by the DCA benchmarks."""
     p.add_argument("--variants", "--strategies", dest="variants", default=default,
-                   help=f"comma-separated, of {', '.join(VARIANTS)} (dca_temp: DCA with temperature_scaling)")
+                   help=f"comma-separated, of {', '.join(VARIANTS)} (dca_temp: DCA with temperature_scaling); a "
+                        "variant may carry strategy options after slashes, e.g. dca/chunk_size=2048/local_window=256")
     p.add_argument("--dca-chunk-size", type=int, default=None, help="override DCA's chunk_size")
     p.add_argument("--dca-local-window", type=int, default=None, help="override DCA's local_window")
     p.add_argument("--dca-pretraining-length", type=int, default=None,
@@ -111,10 +112,28 @@ def add_variant_args(p, default: str = "full,dca") -> None:
                         "makes DCA chunk at the small lengths of a CPU dry run")
 
 
+def _option_value(text: str):
+    """An inline option's value: int, float, true/false, or the text itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def variant_specs(args, max_length: int) -> dict[str, dict]:
-    """Strategy specs (for ``Engine(strategy=...)``) of ``args.variants``, each with a window of ``max_length``."""
+    """Strategy specs (for ``Engine(strategy=...)``) of ``args.variants``, each with a window of ``max_length``.
+
+    A variant is a name of :data:`VARIANTS`, optionally followed by ``/option=value`` pairs that override its
+    strategy options (the whole text is the variant's label): ``dca/chunk_size=2048/local_window=256``.
+    """
     specs = {}
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    for label in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        name, *pairs = label.split("/")
         if name not in VARIANTS:
             raise SystemExit(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
         strategy, fixed = VARIANTS[name]
@@ -124,5 +143,10 @@ def variant_specs(args, max_length: int) -> dict[str, dict]:
                 value = getattr(args, f"dca_{opt}")
                 if value:
                     spec[opt] = value
-        specs[name] = spec
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--variants: {label!r}: expected option=value after '/', got {pair!r}")
+            spec[key] = _option_value(value)
+        specs[label] = spec
     return specs

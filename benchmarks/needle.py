@@ -70,6 +70,14 @@ class PromptMaker:
         return self.wrap(tok.decode(ctx[:at]), tok.decode(ctx[at:]), key)
 
 
+def key_nll(engine: Engine, prompt: str, key: str) -> float:
+    """Mean NLL of the key's tokens right after the prompt (the prompt ends "The pass key is")."""
+    ids = engine.tokenize(prompt)
+    key_ids = engine.tokenize(" " + key, add_special_tokens=False)
+    nll = engine.score(ids + key_ids, chunk_size=2048)  # (len - 1,): NLL of tokens 1..
+    return float(nll[-len(key_ids):].mean())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -81,6 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=2, help="keys per (length, depth)")
     add_variant_args(p, default="full,dca")
     p.add_argument("--new-tokens", type=int, default=8, help="greedy tokens decoded after the question")
+    p.add_argument("--key-nll", action="store_true",
+                   help="also score the key after the prompt (teacher-forced): mean NLL per key token, a graded "
+                        "measure beside the all-or-nothing greedy answer (costs one more prefill per trial)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -116,13 +127,20 @@ def main(argv=None) -> int:
             for name, engine in engines.items():
                 t = time.perf_counter()
                 hits = {d: 0 for d in depths}
+                key_nlls = []
                 for (d, i), key in keys.items():
                     answer = engine.complete(prompts[(d, i)], max_new_tokens=args.new_tokens).text
                     ok = key in answer
                     hits[d] += ok
-                    details.append({"length": n, "depth": d, "strategy": name, "filler": f, "key": key,
-                                    "answer": answer, "ok": ok})
+                    trial = {"length": n, "depth": d, "strategy": name, "filler": f, "key": key, "answer": answer,
+                             "ok": ok}
+                    if args.key_nll:
+                        trial["key_nll"] = key_nll(engine, prompts[(d, i)], key)
+                        key_nlls.append(trial["key_nll"])
+                    details.append(trial)
                 row[f"{name}_{f}_acc"] = sum(hits.values()) / len(keys)
+                if key_nlls:
+                    row[f"{name}_{f}_key_nll"] = sum(key_nlls) / len(key_nlls)
                 row[f"{name}_{f}_by_depth"] = {f"{round(d * 100)}%": h / args.trials for d, h in hits.items()}
                 row[f"{name}_{f}_s"] = time.perf_counter() - t
         rows.append(row)
@@ -131,6 +149,9 @@ def main(argv=None) -> int:
                                      for s, f in combos), flush=True)
     print()
     print_table(rows, ["length"] + [f"{s}_{f}_acc" for s, f in combos])
+    if args.key_nll:
+        print("\nmean NLL per key token (teacher-forced; lower is better)")
+        print_table(rows, ["length"] + [f"{s}_{f}_key_nll" for s, f in combos])
     cols = [f"{round(d * 100)}%" for d in depths]
     print("\nby depth")
     print_table([{"length": r["length"], "variant": f"{s}/{f}", **r[f"{s}_{f}_by_depth"], "all": r[f"{s}_{f}_acc"]}

@@ -31,8 +31,10 @@ def rope_abs(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def dense_reference(q_raw, k_raw, v, q_pos, k_pos, padding, g: Geometry, scale: float):
-    """Per query, per key: pick the DCA query position from the rules, rotate both, one softmax. (B, H, T, D)."""
+def dense_reference(q_raw, k_raw, v, q_pos, k_pos, padding, g: Geometry, scale: float, earlier_factor=None):
+    """Per query, per key: pick the DCA query position from the rules, rotate both, one softmax. (B, H, T, D).
+
+    earlier_factor (T,): multiplies the scores of keys in earlier chunks (successive and inter parts) only."""
     s, w = g.chunk_len, g.local_window
     B, H, T, _ = q_raw.shape
     hkv, K = k_raw.shape[1], k_raw.shape[2]
@@ -50,11 +52,15 @@ def dense_reference(q_raw, k_raw, v, q_pos, k_pos, padding, g: Geometry, scale: 
                 p = ip if (ck == cq or j == qi) else min(ip + s, s + w) if ck == cq - 1 else s + w
                 allowed.append(j)
                 qpos.append(p)
+            f = torch.ones(len(qpos), dtype=torch.float64)
+            if earlier_factor is not None:  # same-chunk keys (and the query itself) sit at the intra position
+                intra = torch.tensor([int(k_pos[b, j]) // s == i // s or j == qi for j in allowed])
+                f = torch.where(intra, f, earlier_factor[t].double())
             for h in range(H):
                 kh = h // (H // hkv)
                 scores = torch.stack(
                     [rope_abs(q_raw[b, h, t], torch.tensor(p)) @ keys[kh, j] for j, p in zip(allowed, qpos)]
-                ) * scale
+                ) * scale * f
                 out[b, h, t] = torch.softmax(scores, 0) @ v[b, kh, allowed]
     return out
 
@@ -148,6 +154,29 @@ def test_temperature_scaling_matches_reference(inputs):
         dt = torch.float32 if backend == "cpu_flash" else torch.float64
         out = dca_attention(q.to(dt), k.to(dt), v.to(dt), g, ROT, scale=0.3, backend=backend)
         torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_temperature_on_earlier_chunks_only(inputs, power):
+    """temperature_parts="earlier": the intra-chunk scores stay as trained, the successive and inter ones are scaled
+    by (0.1 ln(n/L) + 1)^power; every backend and path agrees with the dense reference."""
+    q_raw, k_raw, v = inputs
+    B, _, K, _ = q_raw.shape
+    g = Geometry(chunk_len=9, local_window=3, pretraining_length=16, temperature_scaling=True,
+                 temperature_power=power, temperature_parts="earlier")
+    pos = torch.arange(K)[None].expand(B, K)
+    n = (pos[0] + 1).double()
+    f = torch.where(n > 16, (0.1 * torch.log(n / 16) + 1) ** power, torch.ones_like(n))
+    ref = dense_reference(q_raw, k_raw, v, pos, pos, None, g, scale=0.3, earlier_factor=f)
+    q, k = rotated(q_raw, pos, g.chunk_len), rotated(k_raw, pos, g.chunk_len)
+    for backend in ("cpu_flash", "math"):
+        dt = torch.float32 if backend == "cpu_flash" else torch.float64
+        out = dca_attention(q.to(dt), k.to(dt), v.to(dt), g, ROT, scale=0.3, backend=backend)
+        torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+        tail = dca_chunked(q[:, :, K - 5 :].to(dt), k.to(dt), v.to(dt), g, ROT, scale=0.3, backend=backend)
+        torch.testing.assert_close(tail.double(), ref[:, :, K - 5 :], atol=2e-5, rtol=2e-5)
+    blocked = dca_blocked(q, k, v, g, ROT, scale=0.3, q_pos=pos, k_pos=pos)
+    torch.testing.assert_close(blocked, ref, atol=1e-10, rtol=1e-10)
 
 
 def test_merge_of_split_keys_is_exact():

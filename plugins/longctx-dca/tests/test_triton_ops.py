@@ -94,10 +94,11 @@ def test_rotate_matches_rotary(rotary_dim, dtype):
     "s,w,K,T", [(9, 3, 40, 40), (9, 3, 40, 12), (9, 3, 40, 6), (9, 3, 37, 1), (9, 3, 40, 1), (7, 1, 50, 23),
                 (16, 5, 100, 37)],
 )  # fmt: skip
-@pytest.mark.parametrize("temperature", [False, True])
+@pytest.mark.parametrize("temperature", [False, True, "earlier"])
 def test_fused_chunked_equals_blocked(s, w, K, T, temperature):
     """The whole fused path (Triton rotation from cached tables + merge) against the float64 blocked reference."""
-    g = Geometry(chunk_len=s, local_window=w, pretraining_length=16, temperature_scaling=temperature)
+    g = Geometry(chunk_len=s, local_window=w, pretraining_length=16, temperature_scaling=bool(temperature),
+                 temperature_parts="earlier" if temperature == "earlier" else "all")
     inv = default_inv_freq(16)
     rot = rope_rotate(inv)
     gen = _gen(K + T)

@@ -49,6 +49,8 @@ class Geometry:
     local_window: int
     pretraining_length: Optional[int] = None  # for the optional temperature
     temperature_scaling: bool = False
+    temperature_power: float = 2.0
+    temperature_parts: str = "all"  # "all", or "earlier": only the successive and inter parts (keys of earlier chunks)
 
     @property
     def chunk_size(self) -> int:
@@ -65,14 +67,17 @@ def query_deltas(q_pos: torch.Tensor, g: Geometry) -> tuple[torch.Tensor, torch.
 
 
 def temperature(q_pos: torch.Tensor, g: Geometry) -> Optional[torch.Tensor]:
-    """Per-query logit factor (0.1·ln(n/L) + 1)², n = i + 1 tokens seen (YaRN-style; DCA §3.3 option).
+    """Per-query logit factor (0.1·ln(n/L) + 1)^p, n = i + 1 tokens seen (YaRN-style; DCA §3.3 option).
+
+    p = ``g.temperature_power``: 2 scales queries and keys each by 0.1·ln(n/L) + 1 (YaRN, the DCA reference); 1
+    scales one side only (the keys, in vLLM's DCA for Qwen2.5-1M).
 
     Using each query's own n (not the prompt length) keeps prefill and decode identical. None when disabled.
     """
     if not g.temperature_scaling or not g.pretraining_length:
         return None
-    n = (q_pos + 1).to(torch.float32)
-    f = (0.1 * torch.log(n / g.pretraining_length) + 1.0) ** 2
+    n = (q_pos + 1).to(torch.float64)  # (a few values per query: exact, then cast where applied)
+    f = (0.1 * torch.log(n / g.pretraining_length) + 1.0) ** g.temperature_power
     return torch.where(n > g.pretraining_length, f, torch.ones_like(f))
 
 
@@ -85,7 +90,8 @@ def _scale_rows(q: torch.Tensor, factor: Optional[torch.Tensor]) -> torch.Tensor
     if factor is None:
         return q
     f = factor if factor.dim() == 2 else factor[None]  # (B|1, T)
-    return (q.float() * f[:, None, :, None]).to(q.dtype)  # (B, H, T, D)
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (q.to(ct) * f[:, None, :, None].to(ct)).to(q.dtype)  # (B, H, T, D)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,15 +206,17 @@ def _chunked(q, k, v, g: Geometry, rotate: Rotate, scale: float, attend, inv_fre
         def rot(x: torch.Tensor, a: int, near: bool) -> torch.Tensor:
             return _rot(rotate, x, (succ_d if near else inter_d)[a - start : a - start + x.shape[2]])
 
+    qx = q  # the queries of the parts over earlier chunks (successive, inter)
     if g.temperature_scaling:
-        factor = temperature(torch.arange(start, K, device=q.device), g)
-        q = _scale_rows(q, factor)  # once for every part
+        qx = _scale_rows(q, temperature(torch.arange(start, K, device=q.device), g))  # once for every part
+        if g.temperature_parts == "all":
+            q = qx
 
-    def rows(a: int, b: int) -> torch.Tensor:  # queries at absolute positions [a, b)
-        return q[:, :, a - start : b - start]
+    def rows(a: int, b: int, x: torch.Tensor = q) -> torch.Tensor:  # queries at absolute positions [a, b)
+        return x[:, :, a - start : b - start]
 
     def full(a: int, b: int, k0: int, k1: int, near: bool) -> tuple:  # rows [a, b) rotated, against keys [k0, k1)
-        o, lse = attend(rot(rows(a, b), a, near), k[:, :, k0:k1], v[:, :, k0:k1], causal=False, scale=scale)
+        o, lse = attend(rot(rows(a, b, qx), a, near), k[:, :, k0:k1], v[:, :, k0:k1], causal=False, scale=scale)
         return o, lse, a
 
     def far(e: int) -> Optional[tuple]:  # the far call of rows [e·s + w, (e + 1)·s + w): keys [0, e·s)
@@ -306,16 +314,16 @@ def dca_blocked(
     B, H, T, D = q.shape
     K = k.shape[2]
     succ_d, inter_d = query_deltas(q_pos, g)  # (B, T)
-    factor = temperature(q_pos, g)
-    q_all = _scale_rows(q, factor)
+    q_far = _scale_rows(q, temperature(q_pos, g))  # the successive and inter parts' queries
+    q_all = q_far if g.temperature_parts == "all" else q
     tb = max(1, min(T, block_elements // max(1, B * H * K)))
     out = torch.empty_like(q)
     for t0 in range(0, T, tb):
         t1 = min(T, t0 + tb)
         q_idx = torch.arange(K - T + t0, K - T + t1, device=q.device)  # (t,)
         masks = part_masks(q_pos[:, t0:t1], k_pos, q_idx, key_padding, g)
-        qb = q_all[:, :, t0:t1]  # (B, H, t, D)
-        queries = (qb, lambda: _rot(rotate, qb, succ_d[:, t0:t1]), lambda: _rot(rotate, qb, inter_d[:, t0:t1]))
+        qb, qf = q_all[:, :, t0:t1], q_far[:, :, t0:t1]  # (B, H, t, D)
+        queries = (qb, lambda: _rot(rotate, qf, succ_d[:, t0:t1]), lambda: _rot(rotate, qf, inter_d[:, t0:t1]))
         parts = []
         for i, mask in enumerate(masks):
             rng = _col_range(mask)

@@ -61,9 +61,10 @@ def dca_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Geometry, rot
     pos = torch.arange(K - T, K, device=q.device)  # (T,)
     succ_d, inter_d = query_deltas(pos, g)
     factor = temperature(pos, g)
-    if factor is not None:
-        q = (q.float() * factor[None, None, :, None]).to(q.dtype)
+    qx = q if factor is None else (q.float() * factor[None, None, :, None]).to(q.dtype)
+    if g.temperature_parts == "all":
+        q = qx
     masks = _block_masks(T, K, g.chunk_len, str(q.device))
-    queries = (q, _rot(rotate, q, succ_d), _rot(rotate, q, inter_d))  # each (B, H, T, D)
+    queries = (q, _rot(rotate, qx, succ_d), _rot(rotate, qx, inter_d))  # each (B, H, T, D)
     parts = [_flex(qp, k, v, m, scale) for qp, m in zip(queries, masks)]
     return kernels.merge(parts)[0].to(q.dtype)

@@ -34,7 +34,18 @@ class DCAOptions(StrategyOptions):
         None, gt=0, description="L; default: the model config's max_position_embeddings."
     )
     temperature_scaling: bool = Field(
-        False, description="Scale logits by (0.1 ln(n/L) + 1)^2 past L (YaRN-style, DCA §3.3); off by default."
+        False, description="Scale logits by (0.1 ln(n/L) + 1)^p past L (YaRN-style, DCA §3.3); off by default."
+    )
+    temperature_power: float = Field(
+        2.0,
+        gt=0,
+        description="p of temperature_scaling: 2 as in YaRN and the DCA reference (queries and keys scaled), 1 as in "
+        "vLLM's DCA for Qwen2.5-1M (keys only).",
+    )
+    temperature_parts: Literal["all", "earlier"] = Field(
+        "all",
+        description="Which logits temperature_scaling scales: all (the reference), or earlier: only those of keys in "
+        "earlier chunks (successive and inter parts), leaving the intra-chunk attention as the model was trained.",
     )
     prefill_chunk_size: Optional[int] = Field(
         None, gt=0, description="Tokens per forward during prefill (bounds memory). Default: the chunk length s."

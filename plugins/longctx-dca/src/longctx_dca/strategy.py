@@ -75,6 +75,8 @@ class DCAState(KVCacheState):
             local_window=sizes.local_window,
             pretraining_length=sizes.pretraining_length,
             temperature_scaling=options.temperature_scaling,
+            temperature_power=options.temperature_power,
+            temperature_parts=options.temperature_parts,
         )
         self.backend = options.backend
         # aligned with DCA chunks, each prefill forward is one chunk: the intra part is one square causal call
