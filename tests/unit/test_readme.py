@@ -19,3 +19,16 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_one():
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
     for path in re.findall(r"(examples/\S+\.yaml)", main_cmd):
         assert (ROOT / path).is_file()
+
+
+def test_readme_strategy_lines_validate():
+    """Each one-line ``strategy:`` swap shown in the README's YAML blocks is a valid pipeline setting."""
+    import yaml
+
+    from longctx_llm.config import parse_config
+
+    blocks = re.findall(r"```yaml\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
+    lines = [ln.split("#")[0] for b in blocks for ln in b.splitlines() if ln.startswith("strategy:")]
+    assert len(lines) >= 4
+    for line in lines:
+        parse_config({"strategy": yaml.safe_load(line)["strategy"]})

@@ -45,7 +45,8 @@ class DCAOptions(StrategyOptions):
     temperature_parts: Literal["all", "earlier"] = Field(
         "all",
         description="Which logits temperature_scaling scales: all (the reference), or earlier: only those of keys in "
-        "earlier chunks (successive and inter parts), leaving the intra-chunk attention as the model was trained.",
+        "earlier chunks (successive and inter parts), leaving the intra-chunk attention as the model was trained. "
+        "Measured on SmolLM2: better passkey retrieval, worse perplexity past 4L (benchmarks/RESULTS.md, round 7).",
     )
     prefill_chunk_size: Optional[int] = Field(
         None, gt=0, description="Tokens per forward during prefill (bounds memory). Default: the chunk length s."
