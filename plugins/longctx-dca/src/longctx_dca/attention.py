@@ -208,7 +208,7 @@ def _chunked(q, k, v, g: Geometry, rotate: Rotate, scale: float, attend, inv_fre
 
     qx = q  # the queries of the parts over earlier chunks (successive, inter)
     if g.temperature_scaling:
-        qx = _scale_rows(q, temperature(torch.arange(start, K, device=q.device), g))  # once for every part
+        qx = _scale_rows(q, temperature(torch.arange(start, K, device=q.device), g))  # once, for all rows
         if g.temperature_parts == "all":
             q = qx
 
