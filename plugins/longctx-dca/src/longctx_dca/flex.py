@@ -16,7 +16,7 @@ import functools
 import torch
 
 from . import kernels
-from .attention import Geometry, Rotate, _rot, query_deltas, temperature
+from .attention import Geometry, Rotate, _rot, _scale_rows, query_deltas, temperature
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,8 +60,7 @@ def dca_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Geometry, rot
     T, K = q.shape[2], k.shape[2]
     pos = torch.arange(K - T, K, device=q.device)  # (T,)
     succ_d, inter_d = query_deltas(pos, g)
-    factor = temperature(pos, g)
-    qx = q if factor is None else (q.float() * factor[None, None, :, None]).to(q.dtype)
+    qx = _scale_rows(q, temperature(pos, g))  # the successive and inter parts' queries
     if g.temperature_parts == "all":
         q = qx
     masks = _block_masks(T, K, g.chunk_len, str(q.device))
