@@ -11,6 +11,7 @@ from ._version import __version__
 from .config import GenerationConfig, PipelineConfig, load_config
 from .engine import Engine, TextStream
 from .errors import (
+    AdapterError,
     ConfigError,
     ContextWindowError,
     InputError,
@@ -28,6 +29,7 @@ from .strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, Str
 
 __all__ = [
     "__version__",
+    "AdapterError",
     "Capabilities",
     "ChatPipeline",
     "Completion",

@@ -43,6 +43,10 @@ class StackedStrategy(Strategy):
         self.inner.validate(info)
         self.outer.validate(self._extended(info))
 
+    def prepare(self, model) -> None:
+        self.inner.prepare(model)
+        self.outer.prepare(model)
+
     def context_window(self, info) -> Optional[int]:
         return self.outer.context_window(self._extended(info))
 

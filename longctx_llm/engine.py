@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import uuid
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from . import chat as chat_mod
 from . import registry
 from .config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
-from .errors import ConfigError, ContextWindowError, InputError, LongctxError, SessionError
+from .errors import ConfigError, ContextWindowError, InputError, SessionError
 from .generation import Completion, Delta, generate, run_to_end
-from .memory import Memory
+from .memory import SLOT, Memory
 from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
 from .session import Session, check_compatible, read_session, save_session
 from .strategy import Strategy
@@ -162,6 +161,8 @@ class Engine:
         loaded = self.model_handle.get()
         if not self._validated:
             self.strategy.validate(loaded.info)
+            self.strategy.prepare(loaded)
+            self.memory.validate(self.strategy, loaded)
             self._validated = True
         return loaded
 
@@ -258,6 +259,13 @@ class Engine:
         params = self.params(**gen)
         return run_to_end(self._run(self._prompt_ids(prompt), params))[0]
 
+    def complete_ids(self, ids: Sequence[int], **gen: Any) -> Completion:
+        """Continue a prompt given as token ids (no chat template, no tokenisation round trip)."""
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise InputError("prompt: empty prompt (0 tokens); give some tokens")
+        return run_to_end(self._run(ids, self.params(**gen)))[0]
+
     def stream(self, prompt: str, **gen: Any) -> TextStream:
         params = self.params(**gen)
         return TextStream(self._run(self._prompt_ids(prompt), params))
@@ -332,25 +340,77 @@ class Engine:
         s.memory.load_state_dict(m_tensors, doc["memory_meta"])
         s.history = doc["history"]
         s.cached_ids = doc["cached_ids"]
+        s.token_ids = doc.get("token_ids", [t for t in s.cached_ids if t != SLOT])
         s.turns = doc["turns"]
         with self._sessions_lock:
             self._sessions[sid] = s
         return s
 
     def _sync(self, session: Session, ids: list[int]) -> list[int]:
-        """Bring the session's cache to hold ``ids`` feeding as little as possible; return the tokens to feed."""
+        """Bring the session's cache to hold ``ids`` feeding as little as possible; return the tokens to feed.
+
+        ``ids`` are what the cache should hold (the memory's :meth:`~longctx_llm.memory.MemoryState.token_view`:
+        slot placeholders, then tokens). A strategy that cannot rewind (an append-only streaming cache) gets a
+        fresh state when the text diverges from what it holds, so the model never sees stale tokens.
+        """
         common = session.common_prefix(ids)
-        can_rewind = self.strategy.capabilities.rewind
         if common == len(ids):  # everything cached: re-feed the last token to get its logits
             common -= 1
         if common < len(session.cached_ids):
-            if can_rewind:
+            if self.strategy.capabilities.rewind:
                 session.state.rewind(common)
                 del session.cached_ids[common:]
-            # else: append-only caches (streaming) keep the stale tail; the new text follows it
+            else:
+                session.state = self.strategy.new_state(self.loaded, 1)
+                session.cached_ids = []
+                common = 0
         feed = ids[common:]
+        if SLOT in feed:
+            raise SessionError(
+                f"session {session.id!r}: the memory's slots are no longer in the cache; reset the session"
+            )
         session.cached_ids.extend(feed)
         return feed
+
+    def _cache_view(self, session: Session, ids: list[int]) -> list[int]:
+        """The memory's view of a rendered conversation's tokens (resetting a memory the client's edit broke)."""
+        view = session.memory.token_view(ids)
+        if view is None:
+            session.memory.reset()
+            view = session.memory.token_view(ids) or list(ids)
+        return view
+
+    def _end_turn(self, session: Session, ids: list[int]) -> None:
+        session.token_ids = list(ids)
+        session.turns += 1
+        if session.memory.wants_token_ids:
+            session.turn_ids = list(ids)
+        session.memory.on_turn_end(session.history, session)
+
+    def extend(self, session_id: str, ids: Sequence[int], *, end_turn: bool = True, all_logits: bool = False):
+        """Append raw token ids (no chat template) to a session, as a turn of text.
+
+        This is the session API under evaluations (``longctx eval gap`` feeds a context as turns of K tokens): the
+        memory sees each turn end like a chat turn (a compressing memory compresses it). Returns the logits of the
+        appended tokens (1, len(ids), V) when ``all_logits``, else those of the last one (1, 1, V).
+        """
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise InputError("extend: no tokens given")
+        session = self.session(session_id)
+        with session.lock:
+            full = [*session.token_ids, *ids]
+            view = self._cache_view(session, full)
+            self.check_fits(len(view))
+            feed = self._sync(session, view)
+            tensor = torch.tensor([feed], dtype=torch.long, device=self.loaded.device)
+            logits = session.state.forward(tensor, all_logits=all_logits)
+            if all_logits:
+                logits = logits[:, -len(ids):]
+            session.token_ids = full
+            if end_turn:
+                self._end_turn(session, full)
+        return logits
 
     def _chat_stream(self, messages, session_id, tools, params) -> tuple[Iterator[Delta], Any, Any]:
         if isinstance(messages, str):
@@ -370,10 +430,12 @@ class Engine:
         session = self.session(session_id)
         session.lock.acquire()
         try:
-            text = chat_mod.render(loaded.tokenizer, session.memory.view(msgs), tools=tools)
+            view_msgs = session.memory.view(msgs)
+            text = chat_mod.render(loaded.tokenizer, view_msgs, tools=tools)
             ids = self.tokenize(text, add_special_tokens=False)
-            self.check_fits(len(ids))
-            feed = self._sync(session, ids)
+            cache_ids = self._cache_view(session, ids)
+            self.check_fits(len(cache_ids))
+            feed = self._sync(session, cache_ids)
             tensor = torch.tensor([feed], dtype=torch.long, device=loaded.device)
             gen = generate(
                 session.state,
@@ -392,8 +454,13 @@ class Engine:
 
         def on_done(completion: Completion) -> None:
             session.history = [*msgs, {"role": "assistant", "content": completion.text}]
-            session.turns += 1
-            session.memory.on_turn_end(session.history, session)
+            final = ids
+            if session.memory.wants_token_ids:  # the finished conversation as the next turn will render it
+                done = chat_mod.render(
+                    loaded.tokenizer, session.memory.view(session.history), tools=tools, add_generation_prompt=False
+                )
+                final = self.tokenize(done, add_special_tokens=False)
+            self._end_turn(session, final)
 
         return gen, on_done, session.lock.release
 

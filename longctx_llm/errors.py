@@ -37,3 +37,7 @@ class SessionError(LongctxError):
 
 class UnsupportedModelError(LongctxError, ValueError):
     """The model architecture does not support the requested strategy."""
+
+
+class AdapterError(LongctxError, ValueError):
+    """Trained adapter weights are missing, corrupted, or made for another model."""

@@ -8,13 +8,19 @@ The seams used (transformers 5.x):
   materialised unless the default path builds a (chunk x cache) mask itself.
 - the model's rotary embedding module (``inv_freq``, ``attention_scaling``, partial rotary) to re-rotate queries
   and keys by position deltas (DCA's query rotations, StreamingLLM's cache shifts);
-- ``DynamicCache`` and the ``logits_to_keep`` forward argument.
+- ``DynamicCache`` and the ``logits_to_keep`` forward argument;
+- per-architecture module names (decoder layers, their projections, the final norm, the input embeddings) for
+  per-call forward hooks: a weight delta on chosen projections at chosen positions (CCM's conditional LoRA, an
+  encoder's LoRA), values added after chosen decoder layers (RCC's per-layer injection), hidden states recorded at
+  chosen positions (RCC's encoder). Hooks are registered for one forward call and removed after it, under the
+  model's forward lock, so no module is patched and nothing outlives the call.
 
 The version range below is the one the test-suite runs against (tests/unit/test_hf_adapter.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -35,6 +41,22 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "qwen3": ("model", "rotary_emb"),
     "gpt_neox": ("gpt_neox", "rotary_emb"),
 }
+#: model_type -> module names inside one decoder layer: the attention projections and the MLP projections
+PROJECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    **{
+        t: {
+            "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+            "mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        }
+        for t in ("llama", "mistral", "qwen2", "qwen3")
+    },
+    "gpt_neox": {
+        "attention": ("attention.query_key_value", "attention.dense"),
+        "mlp": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    },
+}
+#: model_type -> the final norm's attribute on the decoder
+FINAL_NORM = {"llama": "norm", "mistral": "norm", "qwen2": "norm", "qwen3": "norm", "gpt_neox": "final_layer_norm"}
 #: rope types whose frequencies do not depend on the sequence length, so rotations compose (R(a)R(b) = R(a+b)).
 STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn", "ntk"}
 
@@ -313,6 +335,17 @@ def crop_cache(cache, length: int) -> None:
             layer.values = layer.values[..., :length, :]
 
 
+def cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) (B, H_kv, K, D) of a non-empty DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def set_cache_kv(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Replace one layer's keys and values of a DynamicCache (a memory editing its slots)."""
+    layer = cache.layers[layer_idx]
+    layer.keys, layer.values = keys, values
+
+
 def cache_tensors(cache) -> dict[str, torch.Tensor]:
     """Flat name -> tensor view of a DynamicCache, for saving."""
     out = {}
@@ -336,15 +369,196 @@ def load_cache_tensors(model, tensors: dict[str, torch.Tensor], device) -> Any:
     return cache
 
 
-def forward(model, input_ids, *, position_ids, cache, ctx: AttentionContext, logits_to_keep: int = 1, **kwargs):
-    """One forward pass of new tokens against ``cache``; returns logits (B, logits_to_keep or T, V)."""
-    out = model(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=cache is not None,
-        logits_to_keep=logits_to_keep,
-        longctx=ctx,
-        **kwargs,
-    )
+# --------------------------------------------------------------------------------------------------------------
+# Module lookup and per-call forward hooks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _arch(model) -> str:
+    mtype = model.config.model_type
+    if mtype not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model_type {mtype!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    return mtype
+
+
+def decoder(model):
+    """The decoder stack of a CausalLM (``model.model`` / ``model.gpt_neox``)."""
+    return getattr(model, ARCHITECTURES[_arch(model)][0])
+
+
+def decoder_layers(model) -> list:
+    return list(decoder(model).layers)
+
+
+def input_embeddings(model) -> torch.nn.Module:
+    return model.get_input_embeddings()
+
+
+def projection_names(model, targets) -> tuple[str, ...]:
+    """Projection names inside a decoder layer for ``targets``: group names (``attention``, ``mlp``) or names."""
+    groups = PROJECTIONS[_arch(model)]
+    names: list[str] = []
+    for t in targets:
+        if t in groups:
+            names.extend(groups[t])
+        elif any(t in g for g in groups.values()):
+            names.append(t)
+        else:
+            valid = sorted({*groups, *(n for g in groups.values() for n in g)})
+            raise UnsupportedModelError(
+                f"projection target {t!r} does not exist in a {model.config.model_type} layer (valid: {', '.join(valid)})"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def projection(model, layer: int, name: str) -> torch.nn.Linear:
+    return decoder_layers(model)[layer].get_submodule(name)
+
+
+#: ``fn(layer_idx, projection_name, input, output) -> output``: may return a changed projection output
+ProjectionHook = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``fn(layer_idx, hidden) -> hidden``: called with each decoder layer's output (B, T, H)
+LayerHook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ForwardHooks:
+    """What one forward call adds to the stock model, as functions of layer index and tensors.
+
+    Attributes:
+        projections: projection names (see :func:`projection_names`) whose outputs ``projection`` may change.
+        projection: called for every listed projection of every layer (a conditional LoRA adds its delta at the
+            positions it chooses; an encoder LoRA everywhere).
+        layer_output: called with every decoder layer's output; returns the tensor the next layer receives.
+        embedding: called with the input-embedding output (B, T, H); returns the tensor the first layer receives.
+        final_norm: called with the final norm's output (B, T, H) (recording only: its return value is used).
+    """
+
+    projections: tuple[str, ...] = ()
+    projection: Optional[ProjectionHook] = None
+    layer_output: Optional[LayerHook] = None
+    embedding: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    final_norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+def _replace_output(out, fn):
+    if isinstance(out, tuple):
+        return (fn(out[0]), *out[1:])
+    return fn(out)
+
+
+@contextlib.contextmanager
+def installed(model, hooks: Optional[ForwardHooks]):
+    """Register ``hooks`` on ``model`` for the duration of the block (one forward call), then remove them."""
+    if hooks is None:
+        yield
+        return
+    handles = []
+    try:
+        layers = decoder_layers(model)
+        if hooks.projection is not None:
+            for i, layer in enumerate(layers):
+                for name in hooks.projections:
+                    mod = layer.get_submodule(name)
+                    handles.append(
+                        mod.register_forward_hook(
+                            lambda m, args, out, i=i, name=name: hooks.projection(i, name, args[0], out)
+                        )
+                    )
+        if hooks.layer_output is not None:
+            for i, layer in enumerate(layers):
+                handles.append(
+                    layer.register_forward_hook(
+                        lambda m, args, out, i=i: _replace_output(out, lambda h: hooks.layer_output(i, h))
+                    )
+                )
+        if hooks.embedding is not None:
+            handles.append(input_embeddings(model).register_forward_hook(lambda m, args, out: hooks.embedding(out)))
+        if hooks.final_norm is not None:
+            norm = getattr(decoder(model), FINAL_NORM[_arch(model)])
+            handles.append(norm.register_forward_hook(lambda m, args, out: hooks.final_norm(out)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward(
+    model,
+    input_ids: Optional[torch.Tensor],
+    *,
+    position_ids,
+    cache,
+    ctx: AttentionContext,
+    logits_to_keep: int = 1,
+    inputs_embeds: Optional[torch.Tensor] = None,
+    hooks: Optional[ForwardHooks] = None,
+    **kwargs,
+):
+    """One forward pass of new tokens (ids, or embeddings) against ``cache``; returns logits (B, keep or T, V)."""
+    with installed(model, hooks):
+        out = model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+            longctx=ctx,
+            **kwargs,
+        )
     return out.logits
+
+
+def hidden_states_at(
+    model,
+    input_ids: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    position_ids: Optional[torch.Tensor] = None,
+    ctx: Optional[AttentionContext] = None,
+    hooks: Optional[ForwardHooks] = None,
+) -> torch.Tensor:
+    """Hidden states (B, len(index), L + 1, H) at positions ``index`` of a cache-free forward over ``input_ids``.
+
+    The L + 1 states follow transformers' ``output_hidden_states`` convention: the embedding output, the outputs of
+    layers 0..L-2, and the final norm applied to the last layer's output (what RCC's encoder keeps, REFERENCE §4).
+    Only the selected positions are kept, and the LM head never runs.
+    """
+    B, T = input_ids.shape
+    if position_ids is None:
+        position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, -1)
+    if ctx is None:
+        ctx = AttentionContext(q_positions=position_ids)
+    n_layers = len(decoder_layers(model))
+    states: list[Optional[torch.Tensor]] = [None] * (n_layers + 1)
+
+    def keep(slot: int):
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            states[slot] = h[:, index]
+            return h
+
+        return fn
+
+    base = hooks or ForwardHooks()
+    layer_fn = base.layer_output
+
+    def layer_output(i: int, h: torch.Tensor) -> torch.Tensor:
+        if layer_fn is not None:
+            h = layer_fn(i, h)
+        if i < n_layers - 1:
+            states[i + 1] = h[:, index]
+        return h
+
+    rec = ForwardHooks(
+        projections=base.projections,
+        projection=base.projection,
+        layer_output=layer_output,
+        embedding=keep(0),
+        final_norm=keep(n_layers),
+    )
+    with installed(model, rec):
+        decoder(model)(input_ids=input_ids, position_ids=position_ids, use_cache=False, longctx=ctx)
+    return torch.stack(states, dim=2)  # (B, n, L + 1, H)

@@ -1,9 +1,14 @@
 """The memory contract: what a session keeps of its past turns.
 
 A :class:`Memory` is the configured plugin; a :class:`MemoryState` lives in one session. The engine asks the
-state which messages the model should see for the next turn (:meth:`MemoryState.view`) and tells it when a turn
-ends (:meth:`MemoryState.on_turn_end`). A text memory returns (a window of) the history; a compressed memory
-(CCM) returns only the new turn and contributes key/values through :meth:`MemoryState.kv_prefix` instead.
+state which messages the model should see for the next turn (:meth:`MemoryState.view`), how the rendered tokens map
+onto the session's cache (:meth:`MemoryState.token_view`), and tells it when a turn ends
+(:meth:`MemoryState.on_turn_end`).
+
+A text memory returns (a window of) the history and leaves the tokens alone. A compressed memory (CCM) keeps past
+turns as key/value slots inside the session's cache: its ``token_view`` replaces the turns it compressed by one
+:data:`SLOT` placeholder per slot, so the engine's prefix matching feeds only what is new, and at the end of a turn
+it edits the cache through the strategy state's editing seam (:meth:`~longctx_llm.strategy.KVCacheState.compact_tail`).
 Registered under the entry-point group ``longctx_llm.memories``.
 """
 
@@ -17,22 +22,36 @@ from pydantic import BaseModel, ConfigDict
 
 Message = dict[str, Any]
 
+#: placeholder in a session's token list for a cache entry that is a memory slot, not a token (never a real id)
+SLOT = -1
+
 
 class MemoryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MemoryState(ABC):
+    #: set by memories that need the token ids of each finished conversation (``session.turn_ids``)
+    wants_token_ids: ClassVar[bool] = False
+
     @abstractmethod
     def view(self, history: list[Message]) -> list[Message]:
         """The messages the model should see as text for the next turn (history ends with the new turn)."""
 
+    def token_view(self, ids: list[int]) -> Optional[list[int]]:
+        """What the session's cache should hold for the rendered conversation ``ids``.
+
+        Text memories return ``ids``. A memory holding slots returns ``ids`` with the part it compressed replaced by
+        :data:`SLOT` placeholders (one per slot), or None when ``ids`` no longer starts with what it compressed (the
+        client edited the history): the engine then calls :meth:`reset` and feeds ``ids`` whole.
+        """
+        return ids
+
+    def reset(self) -> None:
+        """Forget everything (the session's cache is rebuilt from text)."""
+
     def on_turn_end(self, history: list[Message], session: Any) -> None:
         """Called after each completed turn with the full history (assistant reply included)."""
-
-    def kv_prefix(self, model: Any) -> Optional[Any]:
-        """Key/values to place before the text (compressed memories); None for text memories."""
-        return None
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {}
@@ -47,6 +66,10 @@ class Memory(ABC):
 
     def __init__(self, options: Optional[MemoryOptions] = None, **kwargs: Any):
         self.options = options if options is not None else self.Options(**kwargs)
+
+    def validate(self, strategy: Any, model: Any) -> None:
+        """Raise a :class:`~longctx_llm.errors.LongctxError` if this memory cannot run with ``strategy`` on ``model``
+        (a LoadedModel), before any session is made; memories that load weights check them here."""
 
     @abstractmethod
     def new_state(self, model: Any) -> MemoryState:

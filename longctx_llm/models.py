@@ -141,6 +141,54 @@ def _save_converted(model, tokenizer, target: Path) -> None:
         raise
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _digest_partial(h, path: Path, edge: int = 1 << 22) -> None:
+    """Hash a large file's size, head and tail (weights of several GB are not read whole just to check a match)."""
+    size = path.stat().st_size
+    h.update(f"{path.name}|{size}|".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(edge))
+        if size > 2 * edge:
+            f.seek(size - edge)
+            h.update(f.read(edge))
+
+
+def fingerprint(source: str) -> Optional[str]:
+    """SHA-256 identifying a model's weights: the whole GGUF file, or a HF directory's config plus the size, head
+    and tail of each weight file. Adapters record it so that weights trained for one model are not used on another.
+    Returns None for sources that are not files (in-memory models)."""
+    try:
+        resolved = resolve_source(source)
+    except ModelLoadError:
+        return None
+    if resolved.gguf_file:
+        path = resolved.directory / resolved.gguf_file
+        files = [path]
+    else:
+        files = sorted(
+            p for p in resolved.directory.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"
+        )
+    key = tuple((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in files)
+    if key in _FINGERPRINTS:
+        return _FINGERPRINTS[key]
+    from .adapters import sha256_file
+
+    if resolved.gguf_file:
+        value = sha256_file(files[0])
+    else:
+        h = hashlib.sha256()
+        for p in files:
+            if p.name == "config.json":
+                h.update(p.read_bytes())
+            else:
+                _digest_partial(h, p)
+        value = h.hexdigest()
+    _FINGERPRINTS[key] = value
+    return value
+
+
 @dataclass
 class LoadedModel:
     """A loaded model with what the engine needs next to it."""
@@ -164,6 +212,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.source
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """A hash of the weight files this model was loaded from (None for models built in memory)."""
+        return fingerprint(self.source)
 
 
 def _eos_ids(tokenizer, model) -> frozenset[int]:

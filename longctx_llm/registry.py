@@ -1,6 +1,7 @@
 """Plugin discovery through ``importlib.metadata`` entry points.
 
-Groups: ``longctx_llm.strategies``, ``longctx_llm.memories``, ``longctx_llm.components``. Built-ins register the
+Groups: ``longctx_llm.strategies``, ``longctx_llm.memories``, ``longctx_llm.components``, ``longctx_llm.trainers``
+(adapter training commands: ``longctx train NAME``). Built-ins register the
 same way (this package's own pyproject). Two distributions claiming one name is an error when that name is used,
 and ``longctx plugins`` shows the conflict. Tests register fakes with :func:`register` / :func:`unregister`.
 """
@@ -21,6 +22,7 @@ GROUPS = {
     "strategy": "longctx_llm.strategies",
     "memory": "longctx_llm.memories",
     "component": "longctx_llm.components",
+    "trainer": "longctx_llm.trainers",
 }
 
 

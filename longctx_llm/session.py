@@ -28,7 +28,12 @@ class Session:
         self.state = state
         self.memory = memory
         self.history: list[Message] = []
-        self.cached_ids: list[int] = []  # exactly the tokens the strategy state has been fed (row 0)
+        #: exactly what the strategy state's cache holds (row 0): token ids, and memory.SLOT for memory slots
+        self.cached_ids: list[int] = []
+        #: the conversation's token ids as last rendered (a compressing memory's slots stand for a prefix of them)
+        self.token_ids: list[int] = []
+        #: the finished conversation's token ids, set before ``on_turn_end`` for memories that ask for them
+        self.turn_ids: list[int] = []
         self.turns = 0
         # a plain Lock, not an RLock: a stream opened in one thread may be finished (and release it) in another
         self.lock = threading.Lock()
@@ -65,6 +70,7 @@ def save_session(session: Session, directory: str | os.PathLike, header: dict[st
             "turns": session.turns,
             "history": session.history,
             "cached_ids": session.cached_ids,
+            "token_ids": session.token_ids,
             "strategy_meta": s_meta,
             "memory_meta": m_meta,
         }

@@ -14,6 +14,12 @@ implements ``forward`` once (chunked prefill, padding, positions) and lets a sub
 - :meth:`KVCacheState.attention` — the attention function (DCA: three partial attentions, LSE-merged).
 
 Strategies that act differently (RCC encodes the prompt once, window by window) override ``forward`` itself.
+
+Memories that keep past turns as key/value slots (CCM) edit the cache through three more methods every editable
+state offers: :meth:`KVCacheState.kv_span` (read entries), :meth:`KVCacheState.splice` (replace a span of entries,
+moving the later ones) and :meth:`KVCacheState.compact_tail` (drop a span just before the newest entries). A forward
+may carry embeddings instead of token ids and per-call :class:`~longctx_llm.hf_adapter.ForwardHooks` (CCM's
+conditional LoRA on its compression tokens).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Capabilities:
     rewind: bool = True  # can drop cached tokens past a length (prefix reuse across chat turns)
     save: bool = True  # state saves to / restores from disk
     unbounded: bool = False  # streams past its window by evicting (no prompt-length limit)
+    compact: bool = False  # states offer compact_tail (a memory may replace a finished turn by key/value slots)
+    splice: bool = False  # states offer kv_span / splice anywhere in the cache (e.g. CCM's merged memory)
 
 
 class StrategyOptions(BaseModel):
@@ -73,6 +81,10 @@ class Strategy(ABC):
 
     def validate(self, info: hf_adapter.ModelInfo) -> None:
         """Raise :class:`~longctx_llm.errors.ConfigError` or ``UnsupportedModelError`` if unusable on a model."""
+
+    def prepare(self, model) -> None:
+        """Load and check what the strategy needs on a loaded model (trained weights), before any state is made;
+        errors here (a missing or mismatched compressor) reach the user before any work starts."""
 
     @abstractmethod
     def context_window(self, info: hf_adapter.ModelInfo) -> Optional[int]:
@@ -110,6 +122,9 @@ class StrategyState(ABC):
 
     def rewind(self, length: int) -> None:
         raise LongctxError(f"{type(self).__name__} cannot rewind its cache")
+
+    #: whether memories may edit the cache (:meth:`KVCacheState.compact_tail` and friends)
+    editable: bool = False
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise SessionError(f"{type(self).__name__} does not support saving")
@@ -180,28 +195,30 @@ class KVCacheState(StrategyState):
         return None
 
     # ---- the one forward ----------------------------------------------------------------------------------
-    def _chunk(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
+    def _chunk(self, ids, mask, all_logits: bool, embeds=None, hooks=None) -> torch.Tensor:
         # One forward at a time per loaded model: sessions in other threads share it, and a CUDA graph capture must
         # not see another thread's kernels (they would invalidate it). Per piece, so long prefills interleave.
         lock = getattr(self.model, "lock", None)
         with lock if lock is not None else contextlib.nullcontext():
-            return self._chunk_locked(ids, mask, all_logits)
+            return self._chunk_locked(ids, mask, all_logits, embeds, hooks)
 
-    def _chunk_locked(self, ids: torch.Tensor, mask: Optional[torch.Tensor], all_logits: bool) -> torch.Tensor:
-        B, T = ids.shape
+    def _chunk_locked(self, ids, mask, all_logits: bool, embeds=None, hooks=None) -> torch.Tensor:
+        B, T = (ids if ids is not None else embeds).shape[:2]
+        device = (ids if ids is not None else embeds).device
         new_mask = mask.bool() if mask is not None else None
         if new_mask is not None and bool(new_mask.all()):
             new_mask = None
         logical = self.logical_positions(T, new_mask)
         if self.padding is None and new_mask is not None:
-            self.padding = torch.ones(B, self.seen, dtype=torch.bool, device=ids.device)
+            self.padding = torch.ones(B, self.seen, dtype=torch.bool, device=device)
         if self.padding is not None:
-            piece = new_mask if new_mask is not None else torch.ones(B, T, dtype=torch.bool, device=ids.device)
+            piece = new_mask if new_mask is not None else torch.ones(B, T, dtype=torch.bool, device=device)
             key_padding = torch.cat([self.padding, piece], dim=1)
         else:
             key_padding = None
         rope = self.rope_positions(logical)
-        key = self.graph_key(T, all_logits) if self.cuda_graphs and key_padding is None else None
+        plain = key_padding is None and embeds is None and hooks is None
+        key = self.graph_key(T, all_logits) if self.cuda_graphs and plain else None
         if key is not None:
             logits = self._graphed_forward(key, ids, rope, logical, all_logits)
         else:
@@ -209,7 +226,8 @@ class KVCacheState(StrategyState):
                 q_positions=logical, key_padding=key_padding, attention=self.attention(), extra=self.attention_extra()
             )
             logits = hf_adapter.forward(
-                self.model.model, ids, position_ids=rope, cache=self.cache, ctx=ctx, logits_to_keep=0 if all_logits else 1
+                self.model.model, ids, position_ids=rope, cache=self.cache, ctx=ctx,
+                logits_to_keep=0 if all_logits else 1, inputs_embeds=embeds, hooks=hooks,
             )
         self.padding = key_padding
         self.real_tokens = self.real_tokens + (T if new_mask is None else new_mask.long().sum(-1))
@@ -233,22 +251,28 @@ class KVCacheState(StrategyState):
         return runner.run(key, {"input_ids": ids, "position_ids": rope, "q_positions": logical}, forward)
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask=None, *, all_logits=False):
-        input_ids = input_ids.to(self.model.device)
+    def forward(self, input_ids, attention_mask=None, *, all_logits=False, inputs_embeds=None, hooks=None):
+        """Feed (B, T) token ids, or (B, T, H) ``inputs_embeds``, with optional per-call ``hooks``."""
+        if input_ids is not None:
+            input_ids = input_ids.to(self.model.device)
+        else:
+            inputs_embeds = inputs_embeds.to(self.model.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.model.device)
-        B, T = input_ids.shape
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if B != self.batch_size:
             raise LongctxError(f"state was made for batch size {self.batch_size}, got {B} rows")
         step = self.prefill_chunk_size or T
         if T <= step:
-            return self._chunk(input_ids, attention_mask, all_logits)
+            return self._chunk(input_ids, attention_mask, all_logits, inputs_embeds, hooks)
         outs = []
         with progress_bar(total=T, desc="prefill", unit="tok", enabled=T >= 8 * step) as bar:
             for start in range(0, T, step):
                 sl = slice(start, start + step)
                 m = attention_mask[:, sl] if attention_mask is not None else None
-                out = self._chunk(input_ids[:, sl], m, all_logits)
+                ids = input_ids[:, sl] if input_ids is not None else None
+                emb = inputs_embeds[:, sl] if inputs_embeds is not None else None
+                out = self._chunk(ids, m, all_logits, emb, hooks)
                 if all_logits:
                     outs.append(out)
                 bar.update(out.shape[1] if all_logits else min(step, T - start))
@@ -264,6 +288,72 @@ class KVCacheState(StrategyState):
             self.real_tokens = self.padding.long().sum(-1)
         else:
             self.real_tokens = torch.full_like(self.real_tokens, length)
+
+    # ---- editing the cache (memories that keep key/value slots: CCM) ------------------------------------------
+    @property
+    def editable(self) -> bool:
+        """True when keys sit at RoPE position = cache index (the positions and RoPE seams are the defaults) and no
+        row is padded: then removing entries and re-rotating the later keys keeps every distance right."""
+        plain = all(
+            getattr(type(self), m) is getattr(KVCacheState, m) for m in ("logical_positions", "rope_positions")
+        )
+        return plain and self.padding is None and self.model.info.has_rope
+
+    def _require_editable(self, what: str) -> None:
+        if not self.editable:
+            raise LongctxError(
+                f"{type(self).__name__} cannot {what}: its keys are not stored at their cache index "
+                "(the strategy sets its own positions), so a memory cannot edit its cache"
+            )
+
+    def kv_span(self, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (keys, values) (B, H_kv, end - start, D) of cache entries [start, end) (copies)."""
+        self._require_editable("read cache spans")
+        if not 0 <= start <= end <= self.seen:
+            raise LongctxError(f"kv_span({start}, {end}): the cache holds {self.seen} entries")
+        return [(k[..., start:end, :].clone(), v[..., start:end, :].clone()) for k, v in self._layers()]
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return hf_adapter.cache_kv(self.cache)
+
+    def rotate_keys(self, kv: list[tuple[torch.Tensor, torch.Tensor]], delta: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``kv`` with keys moved by ``delta`` RoPE positions (float32 rotation, cast back)."""
+        if delta == 0:
+            return kv
+        rot = hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
+        d = torch.tensor(delta, device=self.model.device)
+        return [(rot.rotate(k.float(), d).to(k.dtype), v) for k, v in kv]
+
+    def splice(self, start: int, end: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace entries [start, end) by ``kv`` (m entries per layer, keys rotated at positions start..start+m-1).
+
+        Entries after ``end`` move to start + m and their keys are re-rotated by start + m - end, so every query
+        that comes later sees them at their new cache index.
+        """
+        self._require_editable("splice its cache")
+        if not 0 <= start <= end <= self.seen:
+            raise LongctxError(f"splice({start}, {end}): the cache holds {self.seen} entries")
+        m = kv[0][0].shape[-2] if kv else 0
+        shift = start + m - end
+        for i, ((k, v), (nk, nv)) in enumerate(zip(self._layers(), kv)):
+            tail_k, tail_v = k[..., end:, :], v[..., end:, :]
+            if shift and tail_k.shape[-2]:
+                tail_k = self.rotate_keys([(tail_k, tail_v)], shift)[0][0]
+            hf_adapter.set_cache_kv(
+                self.cache, i,
+                torch.cat([k[..., :start, :], nk.to(k.dtype), tail_k], dim=-2),
+                torch.cat([v[..., :start, :], nv.to(v.dtype), tail_v], dim=-2),
+            )
+        self.seen += shift
+        self.real_tokens = self.real_tokens + shift
+        self._graphs = None
+
+    def compact_tail(self, drop: int, keep: int) -> None:
+        """Of the newest ``drop + keep`` entries, remove the first ``drop``; the newest ``keep`` move back by
+        ``drop`` positions (CCM: a finished turn gives way to its compression slots)."""
+        end = self.seen - keep
+        kv = self.rotate_keys(self.kv_span(end, self.seen), -drop)
+        self.splice(end - drop, self.seen, kv)
 
     def state_dict(self):
         tensors = dict(hf_adapter.cache_tensors(self.cache))

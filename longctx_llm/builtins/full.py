@@ -21,7 +21,7 @@ class FullStrategy(Strategy):
 
     name = "full"
     Options = FullOptions
-    capabilities = Capabilities()
+    capabilities = Capabilities(compact=True, splice=True)
 
     def context_window(self, info) -> Optional[int]:
         return self.options.max_length or info.pretraining_length or None

@@ -1,0 +1,245 @@
+"""What every adapter trainer shares (``longctx train ccm``, ``longctx train rcc``): data, checkpoints, progress.
+
+- :func:`load_corpus` tokenises a text file, holds out every 10th document (:data:`textdata.HOLDOUT_EVERY`) and
+  returns two token streams; :class:`TokenStream` samples contiguous spans from one.
+- :class:`Checkpoint` saves the trainable tensors, the optimizer's moments and the step in the adapter file format
+  (shards of at most 16 MB), so an interrupted run resumes where it stopped (``--resume``, the default when the
+  output folder holds a checkpoint).
+- :func:`base_model_card` records what an adapter was trained on: the base model's name, file hash and shapes.
+
+Trainers register under the entry-point group ``longctx_llm.trainers`` as an object with ``name``, ``help``,
+``add_arguments(parser)`` and ``run(args) -> int``; the core CLI finds them there (the core never imports a plugin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import adapters as files
+from .errors import InputError
+from .textdata import HOLDOUT_EVERY, read_documents, split_documents
+
+logger = logging.getLogger("longctx_llm.train")
+
+
+class TokenStream:
+    """Token ids of documents joined with a separator token; samples contiguous spans."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids  # (N,) long
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, length) spans at random offsets."""
+        if length >= len(self):
+            raise InputError(f"the training text has {len(self)} tokens, fewer than one sample of {length}")
+        starts = torch.randint(0, len(self) - length, (batch,), generator=generator)
+        return torch.stack([self.ids[s : s + length] for s in starts.tolist()])
+
+    def fixed(self, count: int, length: int, seed: int = 1234) -> torch.Tensor:
+        """``count`` spans at offsets fixed by ``seed`` (held-out evaluation: the same spans every time)."""
+        g = torch.Generator().manual_seed(seed)
+        return self.sample(count, length, g)
+
+
+def load_corpus(path: str, tokenizer, every: int = HOLDOUT_EVERY) -> tuple[TokenStream, TokenStream, dict[str, Any]]:
+    """Tokenise ``path`` into (train, held-out) streams and describe it for the adapter card."""
+    docs = read_documents(path)
+    train, held = split_documents(docs, every)
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    def stream(texts: list[str]) -> torch.Tensor:
+        out: list[int] = []
+        for t in texts:
+            out.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+            out.append(sep)
+        return torch.tensor(out, dtype=torch.long)
+
+    tr, ho = stream(train), stream(held)
+    info = {
+        "file": Path(path).name,
+        "sha256": files.sha256_file(path),
+        "documents": len(docs),
+        "train_documents": len(train),
+        "heldout_documents": len(held),
+        "heldout_rule": f"document index % {every} == {every - 1}" if len(docs) > 1 else f"last 1/{every} of the text",
+        "train_tokens": int(tr.numel()),
+        "heldout_tokens": int(ho.numel()),
+    }
+    return TokenStream(tr), TokenStream(ho), info
+
+
+def base_model_card(loaded, name: Optional[str] = None) -> dict[str, Any]:
+    return {"name": name or loaded.source, "sha256": loaded.fingerprint, **files.model_facts(loaded.model)}
+
+
+def add_common_arguments(p) -> None:
+    """Options every trainer takes."""
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF model dir or .gguf (default: %(default)s)")
+    p.add_argument("--model-name", default=None, help="the base model's name recorded in the card (default: --model)")
+    p.add_argument("--data", required=True, help="training text: .txt or .jsonl[.gz] with a 'text' field")
+    p.add_argument("--out", required=True, help="output directory (also holds the resumable checkpoint)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto (bfloat16 on GPU), float32, bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def environment() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int, progress: Optional[float] = None) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` down to peak / 10.
+
+    ``progress`` (0..1), when given, replaces ``step / total`` after the warm-up: a run with a time budget follows
+    whichever of steps and time is further along.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, max(0.0, progress))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Budget:
+    """How far a run is: by steps, or by wall time when ``seconds`` is set (whichever is further)."""
+
+    def __init__(self, steps: int, seconds: Optional[float], start_step: int = 0):
+        self.steps, self.seconds, self.start_step = steps, seconds, start_step
+        self.t0 = time.perf_counter()
+
+    def progress(self, step: int) -> float:
+        p = step / self.steps
+        if self.seconds:
+            p = max(p, (time.perf_counter() - self.t0) / self.seconds)
+        return min(1.0, p)
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or (self.seconds is not None and time.perf_counter() - self.t0 >= self.seconds)
+
+
+@dataclass
+class Checkpoint:
+    """``DIR/checkpoint``: trainable tensors + optimizer moments + step, resumable."""
+
+    directory: Path
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / "checkpoint"
+
+    def exists(self) -> bool:
+        return (self.path / files.CARD).is_file()
+
+    def save(self, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, meta: dict) -> None:
+        tensors = {f"param.{k}": v.detach().float() for k, v in params.items()}
+        names = {id(p): k for k, p in params.items()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                st = optimizer.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in st:
+                        tensors[f"opt.{key}.{names[id(p)]}"] = st[key].detach().float()
+        steps = {names[id(p)]: float(optimizer.state[p]["step"]) for g in optimizer.param_groups for p in g["params"]
+                 if p in optimizer.state and "step" in optimizer.state[p]}
+        files.save_adapter(self.path, tensors, {"kind": "checkpoint", "step": step, "adam_steps": steps, "meta": meta})
+
+    def load(self, params: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer]) -> tuple[int, dict]:
+        tensors, card = files.load_adapter(self.path, kind="checkpoint")
+        with torch.no_grad():
+            for k, p in params.items():
+                t = tensors.get(f"param.{k}")
+                if t is None or t.shape != p.shape:
+                    raise InputError(f"checkpoint {str(self.path)!r} does not match this run ({k!r} missing or reshaped)")
+                p.copy_(t.to(p.dtype))
+        if optimizer is not None:
+            steps = card.get("adam_steps") or {}
+            for k, p in params.items():
+                ea, eb = tensors.get(f"opt.exp_avg.{k}"), tensors.get(f"opt.exp_avg_sq.{k}")
+                if ea is not None and eb is not None:
+                    optimizer.state[p] = {
+                        "step": torch.tensor(steps.get(k, 0.0)),
+                        "exp_avg": ea.to(p.device, p.dtype),
+                        "exp_avg_sq": eb.to(p.device, p.dtype),
+                    }
+        return int(card.get("step", 0)), dict(card.get("meta") or {})
+
+
+class Progress:
+    """A progress bar with loss and tokens/s (a log line every ``every`` steps when stderr is not a terminal)."""
+
+    def __init__(self, total: int, initial: int, desc: str, every: int = 50):
+        import sys
+
+        from tqdm.auto import tqdm
+
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not self.tty)
+        self.every, self.t0, self.tokens, self.total = every, time.perf_counter(), 0, total
+        self.loss_ema: Optional[float] = None
+
+    def update(self, step: int, loss: float, tokens: int) -> None:
+        self.tokens += tokens
+        self.loss_ema = loss if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss
+        rate = self.tokens / max(1e-9, time.perf_counter() - self.t0)
+        self.bar.set_postfix(loss=f"{self.loss_ema:.3f}", tok_s=f"{rate:,.0f}")
+        self.bar.update(1)
+        if not self.tty and (step % self.every == 0 or step == self.total):
+            logger.info("step %d/%d loss %.4f  %.0f tokens/s", step, self.total, self.loss_ema, rate)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def stable_seed(*parts: Any) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def run_meta(args, tokens: int, wall: float) -> dict[str, Any]:
+    """What a checkpoint records about the run (simple argument values, tokens seen, wall time)."""
+    simple = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {"tokens": tokens, "wall_time_s": round(wall, 1), "args": simple}
+
+
+def command_line(trainer: str, args) -> str:
+    """The ``longctx train`` command that reproduces a run (for the adapter card)."""
+    skip = {"fn", "command", "trainer", "rest", "log_level"}
+    out = ["longctx", "train", trainer]
+    for k, v in vars(args).items():
+        if k in skip or v is None or v is False or callable(v):
+            continue
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, str(v)]
+    return " ".join(out)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (trainable weights stay float32), nothing on CPU."""
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
