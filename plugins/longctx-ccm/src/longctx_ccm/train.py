@@ -1,0 +1,190 @@
+"""``longctx train ccm``: train a CCM adapter (COMP embeddings + conditional LoRA) for a model.
+
+Self-supervised on plain text (REFERENCE §3: "compress earlier segments, predict the next"): each sample is N
+consecutive segments of the text; the parallel forward (``parallel.py``) compresses segments 0..N-2 into COMP slots
+and the loss is the next-token loss of segments 1..N-1, each read through the memory of the earlier ones. One
+adapter serves several slot counts and both modes: each step draws its layout (slots per turn from
+``--comp-tokens``, the mode from ``--modes``, the segment length) and every row of the batch shares it.
+
+Held-out figures (every 10th document, never trained on) go into the adapter card: the perplexity of the last
+segment with no context, through the compressed memory, and with the full text, and the share of the gap closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longctx_llm import training
+from longctx_llm.errors import InputError
+
+from .adapter import CCMAdapter
+from .parallel import Layout, parallel_hidden, segment_nll
+
+logger = logging.getLogger("longctx_llm.train")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise InputError(f"{what}: expected comma-separated integers, got {text!r}") from e
+    if not out or any(v <= 0 for v in out):
+        raise InputError(f"{what}: expected positive integers, got {text!r}")
+    return out
+
+
+@torch.no_grad()
+def heldout_gap(model, adapter: CCMAdapter, stream, *, segments: int, seg_len: int, k: int, mode: str,
+                samples: int, batch: int = 16) -> dict[str, float]:
+    """Perplexity of the last segment's tokens 1.. with no context / the compressed memory / the full text."""
+    device = next(model.parameters()).device
+    data = stream.fixed(samples, segments * seg_len).to(device)
+    layout = Layout((seg_len,) * segments, k, mode, device=device)
+    last = segments - 1
+    nll = {"none": [], "ccm": [], "full": []}
+    was = adapter.training
+    adapter.eval()
+    for i in range(0, samples, batch):
+        ids = data[i : i + batch]
+        hidden = parallel_hidden(model, adapter, ids, layout)
+        nll["ccm"].append(segment_nll(model, hidden, ids, layout, [last]).flatten())
+        tgt = ids[:, last * seg_len :]
+        logits = model(input_ids=tgt).logits[:, :-1].float()
+        nll["none"].append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], reduction="none").flatten())
+        logits = model(input_ids=ids).logits[:, last * seg_len : -1].float()
+        nll["full"].append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], reduction="none").flatten())
+    adapter.train(was)
+    ppl = {k2: math.exp(torch.cat(v).mean().item()) for k2, v in nll.items()}
+    gap = (ppl["none"] - ppl["ccm"]) / (ppl["none"] - ppl["full"]) if ppl["none"] != ppl["full"] else float("nan")
+    return {"ppl_none": round(ppl["none"], 4), "ppl_ccm": round(ppl["ccm"], 4), "ppl_full": round(ppl["full"], 4),
+            "gap_closed": round(gap, 4)}
+
+
+class CCMTrainer:
+    name = "ccm"
+    help = "train a CCM adapter (compressed chat memory) for a model"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        training.add_common_arguments(p)
+        p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+        p.add_argument("--batch", type=int, default=32, help="samples per step (default: %(default)s)")
+        p.add_argument("--segments", type=int, default=5, help="segments per sample; all but the last are compressed")
+        p.add_argument("--seg-len", default="128", help="segment lengths to draw from, e.g. 64,128,192 (default: 128)")
+        p.add_argument("--comp-tokens", default="2", help="slot counts per turn to train, e.g. 1,2,4,8 (default: 2)")
+        p.add_argument("--comp-weights", default=None, help="sampling weights of --comp-tokens (default: equal)")
+        p.add_argument("--modes", default="concat", help="concat, merge or concat,merge (default: %(default)s)")
+        p.add_argument("--merge-share", type=float, default=0.3, help="share of merge steps when both modes train")
+        p.add_argument("--rank", type=int, default=16, help="LoRA rank (default: %(default)s)")
+        p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+        p.add_argument("--targets", default="attention", help="LoRA targets: attention, mlp or both (default: %(default)s)")
+        p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: %(default)s)")
+        p.add_argument("--warmup", type=int, default=100)
+        p.add_argument("--eval-samples", type=int, default=256, help="held-out samples for the card's figures")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from longctx_llm.models import ModelHandle
+
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if not modes or any(m not in ("concat", "merge") for m in modes):
+            raise InputError(f"--modes: expected concat, merge or concat,merge, got {args.modes!r}")
+        ks = _ints(args.comp_tokens, "--comp-tokens")
+        weights = [float(w) for w in args.comp_weights.split(",")] if args.comp_weights else [1.0] * len(ks)
+        if len(weights) != len(ks):
+            raise InputError("--comp-weights: give one weight per --comp-tokens value")
+        seg_lens = _ints(args.seg_len, "--seg-len")
+        if args.segments < 2:
+            raise InputError(f"--segments: need at least 2, got {args.segments}")
+        if args.steps <= 0 or args.batch <= 0:
+            raise InputError("--steps and --batch must be positive")
+        targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
+
+        loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
+        model, device = loaded.model, loaded.device
+        model.requires_grad_(False)
+        train_stream, held_stream, data_info = training.load_corpus(args.data, loaded.tokenizer)
+        adapter = CCMAdapter(
+            model, n_comp=max(ks), rank=args.rank, alpha=args.alpha or float(args.rank), dropout=0.0,
+            projections=targets, modes=modes, comp_tokens=ks,
+        ).to(device)
+        params = dict(adapter.named_parameters())
+        opt = torch.optim.AdamW(params.values(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
+        out = Path(args.out).expanduser()
+        ckpt = training.Checkpoint(out)
+        start, meta = 0, {}
+        if ckpt.exists() and not args.no_resume:
+            start, meta = ckpt.load(params, opt)
+            logger.warning("resuming from %s at step %d", ckpt.path, start)
+        wall = float(meta.get("wall_time_s", 0.0))
+        tokens_seen = int(meta.get("tokens", 0))
+
+        rng = random.Random(training.stable_seed(args.seed, start))
+        gen = torch.Generator().manual_seed(training.stable_seed(args.seed, "data", start))
+        autocast = training.autocast(device)
+        bar = training.Progress(args.steps, start, "train ccm")
+        adapter.train()
+        t0 = time.perf_counter()
+        budget = training.Budget(args.steps, args.time_budget, start)
+        step = start
+        try:
+            for step in range(start + 1, args.steps + 1):
+                k = rng.choices(ks, weights)[0]
+                mode = "merge" if len(modes) == 2 and rng.random() < args.merge_share else modes[0]
+                n = rng.choice(seg_lens)
+                layout = Layout((n,) * args.segments, k, mode, device=device)
+                ids = train_stream.sample(args.batch, n * args.segments, gen).to(device)
+                for g in opt.param_groups:
+                    g["lr"] = training.cosine_lr(step - 1, args.steps, args.lr, args.warmup, budget.progress(step - 1))
+                with autocast:
+                    hidden = parallel_hidden(model, adapter, ids, layout)
+                    loss = segment_nll(model, hidden, ids, layout, range(1, args.segments)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+                opt.step()
+                tokens_seen += ids.numel()
+                bar.update(step, loss.item(), ids.numel())
+                if budget.done(step):
+                    break
+                if step % args.save_every == 0:
+                    ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0))
+        finally:
+            bar.close()
+        wall += time.perf_counter() - t0
+        ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall))
+
+        adapter.eval()
+        figures: dict[str, Any] = {}
+        seg = seg_lens[0] if 128 not in seg_lens else 128
+        with autocast:
+            for mode in modes:
+                for k in ks:
+                    figures[f"{mode}_k{k}"] = heldout_gap(
+                        model, adapter, held_stream, segments=args.segments, seg_len=seg, k=k, mode=mode,
+                        samples=args.eval_samples,
+                    )
+        card = {
+            "base_model": training.base_model_card(loaded, args.model_name),
+            "data": data_info,
+            "training": {
+                "steps": step, "batch": args.batch, "segments": args.segments, "seg_len": seg_lens, "lr": args.lr,
+                "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
+                "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
+                "comp_weights": weights, "merge_share": args.merge_share if len(modes) == 2 else None,
+                "command": training.command_line("ccm", args),
+            },
+            "heldout": {"segments": args.segments, "seg_len": seg, "samples": args.eval_samples, **figures},
+        }
+        adapter.save(out, card)
+        print(json.dumps({"adapter": str(out), "heldout": figures}, indent=1))
+        return 0
