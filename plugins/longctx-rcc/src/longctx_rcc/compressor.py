@@ -1,0 +1,188 @@
+"""The RCC compressor: an encoder, the bridges into the decoder, and its files (REFERENCE §4).
+
+- **Encoder.** ``lora``: the decoder's own frozen weights plus a LoRA active on every position of an encoder pass
+  (what ships for the embedded model: small files, no second copy of the model in memory); ``full``: a separate copy
+  of the model (the reference's design, and the official checkpoint's). A window of W tokens is encoded on its own;
+  from every hidden state (the embedding output, layers 0..L-2, the final norm of layer L-1: transformers'
+  ``output_hidden_states``) the positions ``ratio-1, 2·ratio-1, ...`` are kept: W / ratio slots of L + 1 vectors.
+- **Bridges.** ``embed_bridge`` maps a slot's layer-0 vector to the decoder's input embedding at the slot
+  position; ``layer_bridges[i]`` maps its vector i + 1 and adds it to the decoder's hidden state at that position
+  after decoder layer i (per-layer residual injection). Identity and zero initialised: an untrained compressor
+  starts as "the encoder's embedding output, nothing injected".
+- **Slot LoRA** (optional, ``slot_rank`` > 0): a conditional LoRA on the decoder active only at slot positions (how
+  the slots present their keys/values to the text), as CCM does for its COMP tokens. Text positions always run the
+  unchanged model, so a prompt shorter than one window is answered exactly as plain attention answers it.
+
+Tensors of a longctx adapter directory: ``encoder_lora.layers.{i}.{proj}.lora_{A,B}`` (or ``encoder.{name}`` for
+a full encoder), ``embed_bridge`` (H, H), ``layer_bridges.{i}`` (H, H), ``slot_lora.layers...``. The card's
+``config`` holds ``encoder``, ``ratio``, ``window``, ranks and projections.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from longctx_llm import adapters as files
+from longctx_llm import hf_adapter
+from longctx_llm.errors import AdapterError
+from longctx_llm.lora import LoRA
+
+KIND = "rcc"
+
+
+class RCCCompressor(nn.Module):
+    def __init__(
+        self,
+        model,
+        *,
+        encoder: str = "lora",
+        ratio: int = 32,
+        window: int = 1024,
+        encoder_rank: int = 16,
+        encoder_projections: Sequence[str] = ("attention",),
+        slot_rank: int = 0,
+        slot_projections: Sequence[str] = ("attention",),
+        encoder_model=None,
+    ):
+        super().__init__()
+        if encoder not in ("lora", "full"):
+            raise AdapterError(f"compressor encoder {encoder!r} is not valid (valid: lora, full)")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        H, L = int(cfg.hidden_size), int(cfg.num_hidden_layers)
+        self.encoder_kind, self.ratio, self.window = encoder, int(ratio), int(window)
+        self.hidden, self.num_layers = H, L
+        self.encoder_lora: Optional[LoRA] = None
+        self.encoder: Optional[nn.Module] = None
+        if encoder == "lora":
+            self.encoder_lora = LoRA(model, encoder_projections, encoder_rank, float(encoder_rank))
+        else:
+            self.encoder = encoder_model if encoder_model is not None else copy.deepcopy(model)
+            hf_adapter.use_longctx_attention(self.encoder)
+        self.embed_bridge = nn.Linear(H, H, bias=False)
+        with torch.no_grad():
+            self.embed_bridge.weight.copy_(torch.eye(H))
+        self.layer_bridges = nn.ModuleList(nn.Linear(H, H, bias=False) for _ in range(L))
+        for b in self.layer_bridges:
+            nn.init.zeros_(b.weight)
+        self.slot_lora = LoRA(model, slot_projections, slot_rank, float(slot_rank)) if slot_rank > 0 else None
+        self.card: dict[str, Any] = {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder_kind,
+            "ratio": self.ratio,
+            "window": self.window,
+            "encoder_rank": self.encoder_lora.rank if self.encoder_lora is not None else 0,
+            "encoder_projections": list(self.encoder_lora.projections) if self.encoder_lora is not None else [],
+            "slot_rank": self.slot_lora.rank if self.slot_lora is not None else 0,
+            "slot_projections": list(self.slot_lora.projections) if self.slot_lora is not None else [],
+        }
+
+    # ---- the two halves ------------------------------------------------------------------------------------
+    def slot_index(self, window: int, device) -> torch.Tensor:
+        return torch.arange(self.ratio - 1, window, self.ratio, device=device)  # (W / ratio,)
+
+    def encode(self, model, windows: torch.Tensor) -> torch.Tensor:
+        """Slot states (n, W / ratio, L + 1, H) of ``windows`` (n, W), each encoded on its own."""
+        index = self.slot_index(windows.shape[1], windows.device)
+        if self.encoder is not None:
+            return hf_adapter.hidden_states_at(self.encoder, windows, index)
+        return hf_adapter.hidden_states_at(model, windows, index, hooks=self.encoder_lora.hooks(None))
+
+    def slot_inputs(self, states: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, P, H) decoder input embeddings of slots from their states (B, P, L + 1, H)."""
+        w = self.embed_bridge.weight
+        return (states[:, :, 0].to(w.dtype) @ w.t()).to(dtype)
+
+    def decoder_hooks(self, states: torch.Tensor, slots: Optional[int] = None) -> hf_adapter.ForwardHooks:
+        """Hooks of a decoder pass whose first ``slots`` positions (all, when None) are these slots (B, P, L+1, H):
+        after layer i, add ``layer_bridges[i]`` of state i + 1 there; the slot LoRA at those positions."""
+
+        def layer_output(i: int, h: torch.Tensor) -> torch.Tensor:
+            bridge = self.layer_bridges[i].weight
+            add = (states[:, :, i + 1].to(bridge.dtype) @ bridge.t()).to(h.dtype)  # (B, P, H)
+            if slots is None:
+                return h + add
+            return torch.cat([h[:, :slots] + add, h[:, slots:]], dim=1)
+
+        hooks = hf_adapter.ForwardHooks(layer_output=layer_output)
+        if self.slot_lora is not None:
+            index = None if slots is None else torch.arange(slots, device=states.device)
+            lora = self.slot_lora.hooks(index)
+            hooks.projections, hooks.projection = lora.projections, lora.projection
+        return hooks
+
+    # ---- files -----------------------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"embed_bridge": self.embed_bridge.weight}
+        for i, b in enumerate(self.layer_bridges):
+            out[f"layer_bridges.{i}"] = b.weight
+        if self.encoder_lora is not None:
+            out.update({f"encoder_lora.{k}": v for k, v in self.encoder_lora.named_weights().items()})
+        if self.encoder is not None:
+            out.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        if self.slot_lora is not None:
+            out.update({f"slot_lora.{k}": v for k, v in self.slot_lora.named_weights().items()})
+        return out
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.named_parameters() if v.requires_grad}
+
+    def save(self, directory, card: dict[str, Any], dtype: torch.dtype = torch.bfloat16) -> Path:
+        tensors = {k: v.detach().to(dtype) for k, v in self.tensors().items()}
+        return files.save_adapter(directory, tensors, {**card, "kind": KIND, "config": self.config})
+
+    @classmethod
+    def load(cls, directory, model, fingerprint: Optional[str] = None) -> "RCCCompressor":
+        where = repr(str(directory))
+        card = files.read_card(directory)
+        if card.get("kind") != KIND:
+            raise AdapterError(f"{where} holds a {card.get('kind')!r} adapter, not an RCC compressor")
+        files.check_base(card, model, fingerprint, where)
+        tensors, card = files.load_adapter(directory, kind=KIND)
+        cfg = card.get("config") or {}
+        try:
+            comp = cls(
+                model,
+                encoder=str(cfg["encoder"]),
+                ratio=int(cfg["ratio"]),
+                window=int(cfg["window"]),
+                encoder_rank=int(cfg.get("encoder_rank") or 1),
+                encoder_projections=list(cfg.get("encoder_projections") or ["attention"]),
+                slot_rank=int(cfg.get("slot_rank") or 0),
+                slot_projections=list(cfg.get("slot_projections") or ["attention"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdapterError(f"compressor card {where}: bad config {cfg!r}: {e}") from e
+        expected = {k: tuple(v.shape) for k, v in comp.tensors().items()}
+        files.check_keys(tensors, expected, where)
+        comp.load_tensors(tensors)
+        comp.card = card
+        return comp
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.embed_bridge.weight.copy_(tensors["embed_bridge"])
+            for i, b in enumerate(self.layer_bridges):
+                b.weight.copy_(tensors[f"layer_bridges.{i}"])
+            if self.encoder_lora is not None:
+                self.encoder_lora.load_named(
+                    {k[len("encoder_lora."):]: v for k, v in tensors.items() if k.startswith("encoder_lora.")}
+                )
+            if self.encoder is not None:
+                self.encoder.load_state_dict(
+                    {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True
+                )
+            if self.slot_lora is not None:
+                self.slot_lora.load_named({k[len("slot_lora."):]: v for k, v in tensors.items() if k.startswith("slot_lora.")})
+
+
+def find_shipped(fingerprint: Optional[str]) -> Optional[Path]:
+    """The compressor shipped in this package for the model with this file hash, if any."""
+    return files.find_shipped("longctx_rcc", "compressors", fingerprint)

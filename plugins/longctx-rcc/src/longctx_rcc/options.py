@@ -1,0 +1,34 @@
+"""Options of the ``rcc`` strategy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field, model_validator
+
+from longctx_llm.strategy import StrategyOptions
+
+
+class RCCOptions(StrategyOptions):
+    ratio: int = Field(32, gt=0, description="Compression ratio: a window of W tokens becomes W / ratio slots.")
+    window: int = Field(
+        1024, gt=0, description="Tokens per encoded window (at most the compressor's trained window; ratio divides it)."
+    )
+    compressor: Optional[str] = Field(
+        None,
+        description="Compressor directory (longctx train rcc output, or the official RCC_Ins_Reconstruction "
+        "checkpoint); default: the compressor shipped for the embedded model.",
+    )
+    encode_batch: int = Field(8, gt=0, description="Windows encoded per encoder forward.")
+    prefill_chunk_size: int = Field(2048, gt=0, description="Tokens per decoder forward (bounds activation memory).")
+
+    @model_validator(mode="after")
+    def _divides(self) -> "RCCOptions":
+        if self.window % self.ratio:
+            raise ValueError(
+                f"ratio must divide window: window {self.window} is not a multiple of ratio {self.ratio} "
+                f"(valid windows: multiples of {self.ratio})"
+            )
+        if self.window < self.ratio:
+            raise ValueError(f"window {self.window} must be at least ratio {self.ratio}")
+        return self

@@ -1,0 +1,86 @@
+"""RCC's inference path: plain attention below one window, the same logits as the one-pass training forward."""
+
+import pytest
+import torch
+
+from longctx_rcc.train import decoder_pass, encode_context
+
+from rcc_helpers import random_compressor, state
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_shorter_than_a_window_equals_plain_attention(tiny_model, arch):
+    loaded = tiny_model(arch)
+    st = state(loaded, random_compressor(loaded))
+    ids = torch.randint(0, 1000, (1, 16))
+    got = st.forward(ids, all_logits=True)
+    want = loaded.model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert st.windows == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("pieces", [[40], [16, 9, 15], [1] * 40])
+def test_state_equals_one_pass_forward(tiny_model, arch, pieces):
+    loaded = tiny_model(arch)
+    comp = random_compressor(loaded)
+    torch.manual_seed(3)
+    ids = torch.randint(0, 1000, (1, sum(pieces)))
+    st = state(loaded, comp)
+    got, pos = [], 0
+    for n in pieces:
+        got.append(st.forward(ids[:, pos : pos + n], all_logits=True))
+        pos += n
+    got = torch.cat(got, dim=1)[0]
+    assert st.windows == 2 and st.cache_entries == 2 * 4 + 8
+    # reference: each window w read through one pass over [slots of windows < w][window w's tokens]
+    with torch.no_grad():
+        for w in range(3):
+            text = ids[:, 16 * w : 16 * (w + 1)]
+            if w == 0:
+                want = loaded.model(input_ids=text).logits[0]
+            else:
+                states = encode_context(loaded.model, comp, ids[:, : 16 * w])
+                h = decoder_pass(loaded.model, comp, states, text)[:, states.shape[1] :]
+                want = loaded.model.get_output_embeddings()(h)[0]
+            torch.testing.assert_close(got[16 * w : 16 * w + text.shape[1]], want, atol=2e-4, rtol=1e-4)
+
+
+def test_prefill_skips_raw_windows_but_ends_the_same(tiny_model):
+    loaded = tiny_model("llama")
+    comp = random_compressor(loaded)
+    ids = torch.randint(0, 1000, (1, 45))
+    a, b = state(loaded, comp), state(loaded, comp)
+    last_a = a.forward(ids)  # windows 0, 1 never run raw through the decoder
+    last_b = b.forward(ids, all_logits=True)[:, -1:]
+    torch.testing.assert_close(last_a, last_b, atol=1e-5, rtol=1e-5)
+    nxt = torch.tensor([[7, 8, 9]])
+    torch.testing.assert_close(a.forward(nxt, all_logits=True), b.forward(nxt, all_logits=True), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("back", [44, 33, 20, 5])
+def test_rewind_equals_a_fresh_state(tiny_model, back):
+    loaded = tiny_model("llama")
+    comp = random_compressor(loaded)
+    ids = torch.randint(0, 1000, (1, 50))
+    st = state(loaded, comp)
+    st.forward(ids)
+    st.rewind(back)
+    fresh = state(loaded, comp)
+    fresh.forward(ids[:, :back])
+    nxt = torch.tensor([[11, 12, 13, 14]])
+    torch.testing.assert_close(st.forward(nxt, all_logits=True), fresh.forward(nxt, all_logits=True), atol=1e-5, rtol=1e-5)
+    assert st.seen == fresh.seen == back + 4
+
+
+def test_save_restore_continues_identically(tiny_model):
+    loaded = tiny_model("llama")
+    comp = random_compressor(loaded)
+    ids = torch.randint(0, 1000, (1, 37))
+    st = state(loaded, comp)
+    st.forward(ids)
+    tensors, meta = st.state_dict()
+    other = state(loaded, comp)
+    other.load_state_dict(tensors, meta)
+    nxt = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(other.forward(nxt, all_logits=True), st.forward(nxt, all_logits=True))
