@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from typing import Optional, Sequence
 
@@ -96,72 +95,150 @@ def _cmd_schema(args) -> int:
     return 0
 
 
-def _parse_lengths(text: str) -> list[int]:
+def _parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
     try:
-        lengths = [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError as e:
-        raise LongctxError(f"--lengths: expected comma-separated integers, got {text!r}") from e
-    if not lengths or any(n < 2 for n in lengths):
-        raise LongctxError(f"--lengths: each length must be >= 2, got {text!r}")
-    return lengths
+        raise LongctxError(f"{flag}: expected comma-separated integers, got {text!r}") from e
+    if not values or any(n < minimum for n in values):
+        raise LongctxError(f"{flag}: each value must be >= {minimum}, got {text!r}")
+    return values
+
+
+def _parse_lengths(text: str) -> list[int]:
+    return _parse_ints(text, "--lengths", minimum=2)
+
+
+def _eval_setup(args):
+    """(engine, token ids of --text) for an eval command."""
+    from .config import load_config
+    from .engine import Engine
+    engine = Engine.from_config(load_config(args.pipeline))
+    ids = engine.tokenize(split_text(args.text, args.split), add_special_tokens=False) if getattr(args, "text", None) else []
+    return engine, ids
+
+
+def split_text(path: str, split: str = "all") -> str:
+    """The text of ``path``: all of it, or the adapter trainers' held-out / train part (``--split``)."""
+    from .textdata import read_documents, read_text, split_documents
+
+    if split == "all":
+        return read_text(path)
+    train, held = split_documents(read_documents(path))
+    return "\n\n".join(held if split == "heldout" else train)
+
+
+def _print_rows(rows: list[dict], as_json: bool, title: Optional[str] = None) -> None:
+    if as_json:
+        print(json.dumps({"results": rows}))
+        return
+    from .report import format_table
+
+    if title:
+        print(title)
+    print(format_table(rows))
 
 
 def _cmd_eval_ppl(args) -> int:
-    from .config import load_config
-    from .engine import Engine
-    from .textdata import read_text
+    from . import evaluate
 
     lengths = _parse_lengths(args.lengths)
-    engine = Engine.from_config(load_config(args.pipeline))
-    ids = engine.tokenize(read_text(args.text), add_special_tokens=False)
-    results = []
-    for n in lengths:
-        if n > len(ids):
-            raise LongctxError(f"--lengths: {n} exceeds the {len(ids)} tokens of {args.text}")
-        nll = engine.score(ids[:n])
-        results.append({"strategy": engine.strategy.name, "length": n, "ppl": round(math.exp(nll.mean().item()), 4)})
-        if not args.json:
-            print(f"{engine.strategy.name:<10} {n:>8} tokens  ppl {results[-1]['ppl']:.3f}", flush=True)
-    if args.json:
-        print(json.dumps({"results": results}))
+    engine, ids = _eval_setup(args)
+    _print_rows(evaluate.perplexity(engine, ids, lengths), args.json)
     return 0
 
 
 def segment_perplexity(nll, every: int) -> list[dict]:
-    """Perplexity of each successive ``every``-token segment of per-token NLLs (n-1,) of an n-token text.
+    """Kept for plugins that import it from here; see :func:`longctx_llm.evaluate.segment_perplexity`."""
+    from .evaluate import segment_perplexity as seg
 
-    ``tokens_seen`` is the number of text tokens streamed when the segment ends (NLL i predicts token i + 1).
-    """
-    if every <= 0:
-        raise LongctxError(f"--every: must be > 0, got {every}")
-    out = []
-    for start in range(0, len(nll), every):
-        seg = nll[start : start + every]
-        out.append({"tokens_seen": start + len(seg) + 1, "ppl": round(math.exp(float(seg.mean())), 4)})
-    return out
+    return seg(nll, every)
 
 
 def _cmd_eval_stream(args) -> int:
-    from .config import load_config
-    from .engine import Engine
-    from .textdata import read_text
+    from . import evaluate
 
     if args.tokens < 2:
         raise LongctxError(f"--tokens: must be >= 2, got {args.tokens}")
     if args.every <= 0:
         raise LongctxError(f"--every: must be > 0, got {args.every}")
-    engine = Engine.from_config(load_config(args.pipeline))
-    ids = engine.tokenize(read_text(args.text), add_special_tokens=False)
-    if args.tokens > len(ids):
-        raise LongctxError(f"--tokens: {args.tokens} exceeds the {len(ids)} tokens of {args.text}")
-    nll = engine.score(ids[: args.tokens], chunk_size=min(args.every, 4096))
-    results = segment_perplexity(nll, args.every)
-    if args.json:
-        print(json.dumps({"results": results}))
-    else:
-        for r in results:
-            print(f"{engine.strategy.name:<10} {r['tokens_seen']:>10} tokens  ppl {r['ppl']:.3f}")
+    engine, ids = _eval_setup(args)
+    _print_rows(evaluate.stream(engine, ids, args.tokens, args.every), args.json)
     return 0
+
+
+def _cmd_eval_gap(args) -> int:
+    from . import evaluate
+
+    contexts = _parse_ints(args.context, "--context")
+    engine, ids = _eval_setup(args)
+    rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed)
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _cmd_eval_recall(args) -> int:
+    from . import evaluate
+
+    contexts = _parse_ints(args.context, "--context")
+    engine, ids = _eval_setup(args)
+    rows = evaluate.recall(
+        engine, ids, contexts, args.span, args.cue, args.samples, turn_tokens=args.turn_tokens, seed=args.seed
+    )
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _filler_ids(engine, filler: str) -> Optional[list[int]]:
+    if filler == "classic":
+        return None
+    from .textdata import read_text
+
+    return engine.tokenize(read_text(filler), add_special_tokens=False)
+
+
+def _cmd_eval_passkey(args) -> int:
+    from . import evaluate
+
+    lengths = _parse_lengths(args.lengths)
+    depths = [d / 100 for d in _parse_ints(args.depths, "--depths", minimum=0)]
+    if any(d > 1 for d in depths):
+        raise LongctxError(f"--depths: percentages between 0 and 100, got {args.depths!r}")
+    engine, _ = _eval_setup(args)
+    rows = evaluate.passkey(engine, lengths, depths, args.trials, filler_ids=_filler_ids(engine, args.filler),
+                            seed=args.seed)
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _cmd_eval_speed(args) -> int:
+    from . import evaluate
+
+    lengths = _parse_lengths(args.lengths)
+    engine, ids = _eval_setup(args)
+    if not ids:
+        ids = list(range(1000, 1000 + 4096))  # no --text: a fixed token pattern (speed does not depend on content)
+    _print_rows(evaluate.speed(engine, ids, lengths, decode_tokens=args.decode_tokens), args.json)
+    return 0
+
+
+def _cmd_eval_compare(args) -> int:
+    from . import compare
+
+    rows = compare.run(args)
+    if args.json:
+        print(json.dumps({"results": rows}))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    """``longctx train NAME ...``: a trainer plugin (entry-point group ``longctx_llm.trainers``) parses the rest."""
+    trainer = registry.get("trainer", args.trainer)
+    sub = argparse.ArgumentParser(prog=f"longctx train {args.trainer}", description=getattr(trainer, "help", None))
+    trainer.add_arguments(sub)
+    targs = sub.parse_args(args.rest)
+    logging.getLogger("longctx_llm.train").setLevel(logging.INFO)
+    return int(trainer.run(targs) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,21 +266,74 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
     s.set_defaults(fn=_cmd_schema)
 
+    trainers = registry.names("trainer")
+    t = sub.add_parser(
+        "train",
+        help="train an adapter (e.g. ccm, rcc) for a model",
+        description="Train an adapter. Installed trainers: " + (", ".join(trainers) or "none")
+        + ". `longctx train NAME --help` lists a trainer's options.",
+    )
+    t.add_argument("trainer", choices=trainers or None, help="which adapter to train")
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="the trainer's own options")
+    t.set_defaults(fn=_cmd_train)
+
     e = sub.add_parser("eval", help="evaluations")
     esub = e.add_subparsers(dest="eval_command", required=True)
-    ppl = esub.add_parser("ppl", help="perplexity of the first N tokens of a text file at each length")
-    ppl.add_argument("pipeline")
-    ppl.add_argument("--text", required=True, help="a .txt file, or .jsonl[.gz] with a 'text' field per line")
+    TEXT_HELP = "a .txt file, or .jsonl[.gz] with a 'text' field per line"
+
+    def eval_parser(name: str, help: str, text_required: bool = True) -> argparse.ArgumentParser:
+        e_ = esub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        e_.add_argument("pipeline", help="YAML pipeline file (model + strategy + memory)")
+        e_.add_argument("--text", required=text_required, default=None, help=TEXT_HELP)
+        e_.add_argument(
+            "--split", choices=("all", "heldout", "train"), default="all",
+            help="which part of --text: all, or the documents adapter training held out (every 10th) or used",
+        )
+        e_.add_argument("--json", action="store_true", help='print one JSON object {"results": [...]}')
+        return e_
+
+    ppl = eval_parser("ppl", "perplexity of the first N tokens of a text file at each length")
     ppl.add_argument("--lengths", default="4096", help="comma-separated token counts, e.g. 4096,16384")
-    ppl.add_argument("--json", action="store_true")
     ppl.set_defaults(fn=_cmd_eval_ppl)
-    st = esub.add_parser("stream", help="stream N tokens of a text file; perplexity of each successive K-token segment")
-    st.add_argument("pipeline")
-    st.add_argument("--text", required=True, help="a .txt file, or .jsonl[.gz] with a 'text' field per line")
+    st = eval_parser("stream", "stream N tokens of a text file; perplexity of each successive K-token segment")
     st.add_argument("--tokens", type=int, default=16384, help="tokens of the text to stream (N)")
     st.add_argument("--every", type=int, default=4096, help="segment length in tokens (K)")
-    st.add_argument("--json", action="store_true")
     st.set_defaults(fn=_cmd_eval_stream)
+    g = eval_parser("gap", "how much of a context the pipeline uses: target perplexity with none / pipeline / full context")
+    g.add_argument("--context", default="1024", help="context lengths in tokens, e.g. 1024,4096")
+    g.add_argument("--target", type=int, default=128, help="target tokens scored after the context")
+    g.add_argument("--samples", type=int, default=32, help="samples per context length")
+    g.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=_cmd_eval_gap)
+    rc = eval_parser("recall", "can the model reproduce a span of the context from a short cue (teacher-forced accuracy)")
+    rc.add_argument("--context", default="1024", help="context lengths in tokens, e.g. 1024,4096")
+    rc.add_argument("--span", type=int, default=64, help="tokens to reproduce")
+    rc.add_argument("--cue", type=int, default=8, help="tokens of the context given before the span")
+    rc.add_argument("--samples", type=int, default=32)
+    rc.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.set_defaults(fn=_cmd_eval_recall)
+    pk = eval_parser("passkey", "find a 5-digit pass key hidden at depths of filler text", text_required=False)
+    pk.add_argument("--lengths", default="4096,8192", help="prompt lengths in tokens")
+    pk.add_argument("--depths", default="10,50,90", help="depths of the key, percent")
+    pk.add_argument("--trials", type=int, default=2, help="keys per length and depth")
+    pk.add_argument("--filler", default="classic", help="classic ('The grass is green...'), or a text file")
+    pk.add_argument("--seed", type=int, default=0)
+    pk.set_defaults(fn=_cmd_eval_passkey)
+    sp = eval_parser("speed", "prefill time, decode tokens/s and peak memory per prompt length", text_required=False)
+    sp.add_argument("--lengths", default="4096,8192", help="prompt lengths in tokens")
+    sp.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded after the prompt")
+    sp.set_defaults(fn=_cmd_eval_speed)
+    cp = esub.add_parser(
+        "compare",
+        help="several pipelines side by side: one table, CSV + JSON, PNG plots (the strategy chooser)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from .compare import add_arguments as compare_arguments
+
+    compare_arguments(cp)
+    cp.set_defaults(fn=_cmd_eval_compare)
     return p
 
 
