@@ -166,6 +166,37 @@ class SinkWindowCache(SinkBuffers):
         self._sink_cs[0, :r].copy_(cos[0])
         self._sink_cs[1, :r].copy_(sin[0])
 
+    # ---- a memory replacing a finished turn by slots (CCM) --------------------------------------------------------
+    def compact_tail(self, drop: int, keep: int) -> None:
+        """Of the newest ``drop + keep`` held tokens remove the first ``drop``; the newest ``keep`` move back.
+
+        Rare (once per chat turn), so simple: every layer is rewritten in cache-local order with keys rotated at
+        their local positions (the ring's ``base`` and the sinks' rotation undone), the span removed, the moved keys
+        re-rotated by ``-drop``; afterwards physical order is local order, ``head`` and ``base`` are 0.
+        """
+        n, S = self.filled, self.sink
+        a = n - keep - drop
+        order = self.slot_order()  # (n,) physical index of each local position
+        zero = torch.zeros((), dtype=torch.long, device=self.device)
+        for i in range(self.num_layers):
+            k, v = self.keys[i], self.values[i]
+            if k is None:
+                continue
+            kl, vl = k[:, :, order].float(), v[:, :, order]  # (B, H, n, D) copies in local order
+            if self.base:
+                kl[:, :, S:] = self.rotary.rotate(kl[:, :, S:], zero - self.base)
+                if self.sink_keys[i] is not None:
+                    kl[:, :, :S] = self.sink_keys[i].float()
+            moved = self.rotary.rotate(kl[:, :, n - keep :], zero - drop)
+            k[:, :, : n - drop] = torch.cat([kl[:, :, :a], moved], dim=2).to(k.dtype)
+            v[:, :, : n - drop] = torch.cat([vl[:, :, :a], vl[:, :, n - keep :]], dim=2)
+            self.sink_keys[i] = k[:, :, :S].clone() if n - drop >= S else None
+            self._sink_pairs[i] = None
+        self.filled = n - drop
+        self.head = self.base = 0
+        self._base_t.fill_(0)
+        self._plan = None
+
     # ---- saving: the buffers (base class) plus the sink keys as first rotated and the ring's state -------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = super().tensors()

@@ -46,6 +46,21 @@ class ShiftingSinkCache(SinkBuffers):
         self.filled = held + T
         return torch.arange(held, held + T, device=self.device)  # (T,)
 
+    def compact_tail(self, drop: int, keep: int) -> None:
+        """Of the newest ``drop + keep`` held tokens remove the first ``drop``; the newest ``keep`` move back by
+        ``drop`` positions, re-rotated by ``rope(p - drop) - rope(p)`` (a memory replacing a turn by slots)."""
+        n = self.filled
+        old = torch.arange(n - keep, n, device=self.device)
+        delta = self.rope(old - drop) - self.rope(old)  # (keep,)
+        for i in range(self.num_layers):
+            k, v = self.keys[i], self.values[i]
+            if k is None:
+                continue
+            k[:, :, n - keep - drop : n - drop] = self._rotate(k[:, :, n - keep : n], delta)  # a copy: may overlap
+            v[:, :, n - keep - drop : n - drop] = v[:, :, n - keep : n].clone()
+        self.filled = n - drop
+        self._shift = None
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Apply this forward's eviction to the layer, append the new keys/values, return the held ones."""
         k, v = self._buffers(layer_idx, key_states, value_states)

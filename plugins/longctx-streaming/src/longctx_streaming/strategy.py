@@ -62,6 +62,23 @@ class _SinkWindowState(KVCacheState):
         """Tokens the cache holds now (never above sink_tokens + window)."""
         return self.cache.filled
 
+    def compact_tail(self, drop: int, keep: int) -> None:
+        """Remove ``drop`` held tokens just before the newest ``keep`` (CCM: a turn gives way to its slots).
+
+        Tokens already evicted cannot be removed again: ``drop`` is clipped to what the cache still holds of them,
+        and once anything was evicted the sinks are never part of it.
+        """
+        n = self.cache.filled
+        if not 0 <= keep <= n:
+            raise LongctxError(f"streaming: cannot keep {keep} newest entries, the cache holds {n}")
+        protect = self.cache.sink if self.cache.evicted else 0
+        drop = max(0, min(drop, n - keep - protect))
+        if drop:
+            self.cache.compact_tail(drop, keep)
+            self.seen -= drop
+            self.real_tokens = self.real_tokens - drop
+        self._graphs = None
+
     def rewind(self, length: int) -> None:
         raise LongctxError("streaming: the cache is append-only (evicted tokens cannot be restored); cannot rewind")
 
@@ -150,7 +167,7 @@ class StreamingStrategy(Strategy):
 
     name = "streaming"
     Options = StreamingOptions
-    capabilities = Capabilities(batching=False, cpu=True, rewind=False, save=True, unbounded=True)
+    capabilities = Capabilities(batching=False, cpu=True, rewind=False, save=True, unbounded=True, compact=True)
 
     def validate(self, info: hf_adapter.ModelInfo) -> None:
         hf_adapter.require_rope(info, self.name)

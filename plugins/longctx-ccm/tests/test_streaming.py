@@ -1,0 +1,36 @@
+"""CCM under StreamingLLM: sinks + compressed slots + the recent window; exact against `full` while nothing is evicted."""
+
+import pytest
+
+from longctx_llm import Engine
+
+from ccm_helpers import save_random_adapter
+
+TURNS = ["My name is Ada.", "I live in Paris and I like long walks by the river.", "What is my name?", "And my city?"]
+
+
+@pytest.mark.parametrize("layout", ["ring", "shift"])
+def test_streaming_without_eviction_equals_full(tiny_model, tmp_path, layout):
+    lm = tiny_model("llama", max_positions=512)
+    d = save_random_adapter(lm, tmp_path / "a")
+    mem = {"name": "ccm", "adapter": str(d), "comp_tokens": 2}
+    full = Engine(lm, memory=mem, generation={"max_new_tokens": 8})
+    stream = Engine(lm, strategy={"name": "streaming", "window": 400, "layout": layout}, memory=mem,
+                    generation={"max_new_tokens": 8})
+    for t in TURNS:
+        assert stream.chat(t, session_id="s").token_ids == full.chat(t, session_id="s").token_ids
+    assert stream.session("s").state.cache_tokens == full.session("s").state.seen == 8
+
+
+@pytest.mark.parametrize("layout", ["ring", "shift"])
+def test_streaming_evicts_the_oldest_slots_and_stays_bounded(tiny_model, tmp_path, layout):
+    lm = tiny_model("llama", max_positions=512)
+    d = save_random_adapter(lm, tmp_path / "a")
+    e = Engine(lm, strategy={"name": "streaming", "sink_tokens": 2, "window": 48, "layout": layout},
+               memory={"name": "ccm", "adapter": str(d), "comp_tokens": 4}, generation={"max_new_tokens": 6})
+    for i in range(8):
+        e.chat(TURNS[i % 4], session_id="s")
+        s = e.session("s")
+        assert s.state.cache_tokens <= 50
+    assert s.memory.slots == 32  # every turn compressed; the oldest slots were evicted by the window
+    assert s.state.cache_tokens <= 50
