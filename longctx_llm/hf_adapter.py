@@ -383,6 +383,23 @@ def _arch(model) -> str:
     return mtype
 
 
+#: model_type -> (name prefix in this transformers' state dict, the prefix checkpoints written by transformers 4.x
+#: use); transformers 5 renamed GPT-NeoX's head from ``embed_out`` to ``lm_head`` and renames on load
+LEGACY_NAMES: dict[str, tuple[str, str]] = {"gpt_neox": ("lm_head.", "embed_out.")}
+
+
+def legacy_name(model, name: str) -> str:
+    """``name`` (this transformers' state-dict key) as a transformers-4.x checkpoint spells it."""
+    new, old = LEGACY_NAMES.get(model.config.model_type, ("", ""))
+    return old + name[len(new):] if new and name.startswith(new) else name
+
+
+def current_name(model, name: str) -> str:
+    """The inverse of :func:`legacy_name`."""
+    new, old = LEGACY_NAMES.get(model.config.model_type, ("", ""))
+    return new + name[len(old):] if old and name.startswith(old) else name
+
+
 def decoder(model):
     """The decoder stack of a CausalLM (``model.model`` / ``model.gpt_neox``)."""
     return getattr(model, ARCHITECTURES[_arch(model)][0])

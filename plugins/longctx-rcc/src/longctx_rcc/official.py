@@ -8,8 +8,8 @@ The released model is one directory: a GPT-NeoX ``config.json`` and safetensors 
 
 Keys (read from the reference's module tree; the loader is strict, as the reference's ``load_state_dict`` is):
 
-- the decoder: ``gpt_neox.*`` and ``embed_out.weight`` (loaded by transformers as the model), plus an unused
-  ``gpt_neox.embed_out.weight``;
+- the decoder: ``gpt_neox.*`` and ``embed_out.weight`` (loaded by transformers as the model; transformers 5 calls
+  the head ``lm_head`` and renames it on load), plus an unused ``gpt_neox.embed_out.weight``;
 - the encoder, a whole GPT-NeoX CausalLM: ``gpt_neox.rcc_encoder.gpt_neox.*`` and ``gpt_neox.rcc_encoder.embed_out.weight``;
 - the bridges (no bias): ``gpt_neox.rcc_encoder2gpt_embed.weight`` (H, H) and
   ``gpt_neox.rcc_encoder2gpt_A_matrix.{i}.weight`` (H, H), one per decoder layer.
@@ -86,9 +86,9 @@ def load_official(path, model) -> RCCCompressor:
         )
     cfg = json.loads((p / "config.json").read_text())
     tensors = read_merged(p)
-    decoder_keys = set(model.state_dict())
+    decoder_keys = {hf_adapter.legacy_name(model, k) for k in model.state_dict()}
     encoder_model = AutoModelForCausalLM.from_config(model.config)
-    encoder_keys = {ENCODER + k for k in encoder_model.state_dict()}
+    encoder_keys = {ENCODER + hf_adapter.legacy_name(encoder_model, k) for k in encoder_model.state_dict()}
     n_layers = len(hf_adapter.decoder_layers(model))
     bridges = {EMBED_BRIDGE, *(LAYER_BRIDGE.format(i) for i in range(n_layers))}
     expected = decoder_keys | encoder_keys | bridges | {STRAY}
@@ -100,14 +100,16 @@ def load_official(path, model) -> RCCCompressor:
         if extra:
             parts.append(f"unexpected {len(extra)} key(s), e.g. {extra[:3]}")
         raise AdapterError(f"RCC checkpoint {str(p)!r} does not match the official layout: {'; '.join(parts)}")
-    ref = tensors["embed_out.weight"]
+    ref = tensors[hf_adapter.legacy_name(model, "lm_head.weight")]
     have = model.get_output_embeddings().weight
     if ref.shape != have.shape or not torch.equal(ref.to(have.dtype).to(have.device), have):
         raise AdapterError(
             f"the loaded model's weights differ from the decoder in RCC checkpoint {str(p)!r} (its decoder was "
             f"fine-tuned): load the model from that directory (model.source: {p})"
         )
-    enc_state = {k[len(ENCODER):]: v for k, v in tensors.items() if k.startswith(ENCODER)}
+    enc_state = {
+        hf_adapter.current_name(encoder_model, k[len(ENCODER):]): v for k, v in tensors.items() if k.startswith(ENCODER)
+    }
     try:
         encoder_model.load_state_dict(enc_state, strict=True)
     except RuntimeError as e:
