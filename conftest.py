@@ -78,3 +78,16 @@ def build_tiny(arch: str, tokenizer, seed: int = 0, device: str = "cpu", **overr
 def tiny_model(tokenizer):
     """Factory: ``tiny_model("llama", max_positions=256)`` -> LoadedModel with random weights."""
     return lambda arch="llama", **kw: build_tiny(arch, tokenizer, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved as a HF model directory (with the SmolLM2 tokenizer), for pipeline files."""
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(make_tiny_config("llama", max_positions=512), dtype=torch.float32)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path

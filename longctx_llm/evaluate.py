@@ -107,7 +107,9 @@ def spans(ids: Sequence[int], length: int, count: int, seed: int = 0) -> list[li
     shifted by a seeded random offset so that different seeds see different text."""
     n = len(ids)
     if length > n:
-        raise InputError(f"a sample needs {length} tokens but the text has only {n}; give a longer --text")
+        raise InputError(
+            f"--context/--target: a sample needs {length} tokens but the text has only {n}; give a longer --text"
+        )
     room = n - length
     if count == 1:
         starts = [random.Random(seed).randint(0, room)]
@@ -255,8 +257,8 @@ def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, sample
         row: dict[str, Any] = {"context_tokens": C, "target_tokens": target, "samples": samples}
         if uses_memory(engine):
             row["turn_tokens"] = turn_tokens
+        data = spans(ids, C + target, samples, seed)  # a context longer than the text is a bad argument: raise
         try:
-            data = spans(ids, C + target, samples, seed)
             nll = {"none": [], "pipeline": [], "full": []}
             full_ok = _fits_plain(engine, C + target)
             with progress_bar(total=samples, desc=f"gap {C}", unit="sample", enabled=samples > 1) as bar:
@@ -296,8 +298,8 @@ def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: 
         if cue + span > C:
             rows.append({**row, "error": f"--cue + --span = {cue + span} exceeds the context of {C} tokens"})
             continue
+        data = spans(ids, C, samples, seed)
         try:
-            data = spans(ids, C, samples, seed)
             hits = {"none": [], "pipeline": [], "full": []}
             first = len(instr) + cue
             full_ok = _fits_plain(engine, C + first + span)

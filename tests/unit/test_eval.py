@@ -1,0 +1,116 @@
+"""`longctx eval`: every command's JSON, the gap/recall definitions, compare's files, and bad arguments."""
+
+import json
+
+import pytest
+
+from longctx_llm import cli
+from longctx_llm.evaluate import spans
+
+TEXT = "tests/data/pydocs_tutorial.txt"
+
+
+@pytest.fixture
+def pipeline(tmp_path, tiny_model_dir):
+    def make(name="p", strategy="{name: full}", memory="{name: buffer}"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"model: {{source: {tiny_model_dir}, device: cpu}}\nstrategy: {strategy}\nmemory: {memory}\n")
+        return str(path)
+
+    return make
+
+
+def run_json(capsys, *args):
+    assert cli.main(["eval", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["results"]
+
+
+def test_ppl_and_stream_report_speed_and_memory(pipeline, capsys):
+    rows = run_json(capsys, "ppl", pipeline(), "--text", TEXT, "--lengths", "64,128")
+    assert [r["length"] for r in rows] == [64, 128]
+    assert all(set(r) >= {"strategy", "ppl", "tokens_per_s", "peak_memory_mib"} for r in rows)
+    rows = run_json(capsys, "stream", pipeline(), "--text", TEXT, "--tokens", "100", "--every", "50")
+    assert [r["tokens_seen"] for r in rows] == [51, 100]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_gap_of_plain_attention_within_its_window_is_one(pipeline, capsys):
+    rows = run_json(capsys, "gap", pipeline(), "--text", TEXT, "--context", "64,128", "--target", "16",
+                    "--samples", "2")
+    for r in rows:
+        assert set(r) >= {"context_tokens", "ppl_none", "ppl_pipeline", "ppl_full", "gap_closed"}
+        assert r["ppl_pipeline"] == pytest.approx(r["ppl_full"], rel=1e-4)  # (b) equals (c)
+        assert r["gap_closed"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gap_past_the_window_has_no_full_figure(pipeline, capsys):
+    rows = run_json(capsys, "gap", pipeline(strategy="{name: dca}"), "--text", TEXT, "--context", "600",
+                    "--target", "16", "--samples", "1")
+    assert rows[0]["ppl_full"] is None and rows[0]["gap_closed"] is None and rows[0]["ppl_pipeline"] > 0
+
+
+def test_recall_rows(pipeline, capsys):
+    rows = run_json(capsys, "recall", pipeline(), "--text", TEXT, "--context", "64", "--span", "8", "--cue", "4",
+                    "--samples", "2")
+    r = rows[0]
+    assert set(r) >= {"context_tokens", "acc_none", "acc_pipeline", "acc_full"}
+    assert r["acc_pipeline"] == pytest.approx(r["acc_full"])
+    assert 0 <= r["acc_none"] <= 1
+
+
+def test_passkey_and_speed_rows_and_lengths_a_pipeline_cannot_take(pipeline, capsys):
+    p = pipeline(strategy="{name: full, max_length: 200}")
+    rows = run_json(capsys, "passkey", p, "--lengths", "120,400", "--depths", "50", "--trials", "1")
+    assert rows[0]["length"] == 120 and 0 <= rows[0]["accuracy"] <= 1 and "50%" in rows[0]["by_depth"]
+    assert "window" in rows[1]["error"]  # not applicable, with the reason; not a crash
+    rows = run_json(capsys, "speed", p, "--lengths", "64,400", "--decode-tokens", "4")
+    assert rows[0]["prefill_s"] > 0 and rows[0]["decode_tokens_per_s"] > 0 and rows[0]["peak_memory_mib"] > 0
+    assert "error" in rows[1]
+
+
+def test_compare_writes_table_csv_json(pipeline, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    a, b = pipeline("full"), pipeline("dca", strategy="{name: dca}")
+    code = cli.main(["eval", "compare", "--pipelines", f"{a},{b}", "--suite", "ppl,speed", "--text", TEXT,
+                     "--lengths", "64,128", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "== ppl" in printed and "== speed" in printed
+    data = json.loads((out / "results.json").read_text())["results"]
+    assert {r["pipeline"] for r in data} == {"full", "dca"} and {r["suite"] for r in data} == {"ppl", "speed"}
+    assert (out / "results.csv").read_text().startswith("pipeline,suite")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["gap", "--context", "-5"], "--context: each value must be >= 1"),
+        (["gap", "--samples", "0"], "--samples: must be > 0"),
+        (["gap", "--context", "999999"], "exceeds|has only"),
+        (["recall", "--context", "16", "--span", "64"], None),
+        (["ppl", "--lengths", "10,x"], "--lengths: expected comma-separated integers"),
+        (["passkey", "--depths", "150"], "--depths"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(pipeline, capsys, args, message):
+    code = cli.main(["eval", args[0], pipeline(), "--text", TEXT, *args[1:], "--json"])
+    captured = capsys.readouterr()
+    if message is None:  # a sample that cannot be made is a row with its reason
+        assert code == 0 and "exceeds the context" in json.loads(captured.out)["results"][0]["error"]
+    else:
+        assert code == 2
+        import re
+
+        assert re.search(message, captured.err), captured.err
+
+
+def test_compare_refuses_unknown_suites(pipeline, capsys):
+    assert cli.main(["eval", "compare", "--pipelines", pipeline(), "--suite", "ppl,vibes"]) == 2
+    assert "unknown suite" in capsys.readouterr().err
+
+
+def test_spans_are_deterministic_and_spread():
+    ids = list(range(1000))
+    a = spans(ids, 100, 5, seed=3)
+    assert a == spans(ids, 100, 5, seed=3) and len({s[0] for s in a}) == 5
+    assert a[-1][-1] <= 999
