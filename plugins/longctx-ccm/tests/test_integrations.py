@@ -1,0 +1,62 @@
+"""The LangChain and LlamaIndex faces use the ccm memory unchanged: one compressed memory per thread / session."""
+
+import pytest
+
+from longctx_llm import Engine, load_pipeline
+from longctx_llm.models import ModelHandle
+
+from ccm_helpers import save_random_adapter
+
+
+@pytest.fixture
+def tiny_ccm(tiny_model_dir, tmp_path):
+    loaded = ModelHandle(str(tiny_model_dir), device="cpu", dtype="float32").get()
+    return loaded, save_random_adapter(loaded, tmp_path / "ccm")
+
+
+def test_langchain_chat_model_keeps_one_memory_per_thread(tiny_ccm, tiny_model_dir):
+    pytest.importorskip("langchain_longctx")
+    _, adapter = tiny_ccm
+    chat = load_pipeline({
+        "model": {"source": str(tiny_model_dir), "device": "cpu", "dtype": "float32"},
+        "memory": {"name": "ccm", "adapter": str(adapter), "comp_tokens": 2},
+        "generation": {"max_new_tokens": 5},
+        "component": "langchain.chat_model",
+    })
+    history = []
+    for text in ("My name is Ada.", "I live in Paris."):
+        history.append(("human", text))
+        reply = chat.invoke(history, config={"configurable": {"thread_id": "t1"}})
+        history.append(("ai", reply.content))
+    chat.invoke("Hello.", config={"configurable": {"thread_id": "t2"}})
+    engine = chat.engine
+    assert engine.session("t1").memory.slots == 4 and engine.session("t2").memory.slots == 2
+    assert engine.session("t1").state.seen == 4  # only the slots stay in the cache between turns
+
+
+def test_llama_index_memory_and_chat_engine(tiny_ccm):
+    pytest.importorskip("llama_index.memory.longctx")
+    from llama_index.core.chat_engine import SimpleChatEngine
+    from llama_index.llms.longctx import LongctxLLM
+    from llama_index.memory.longctx import LongctxMemory
+
+    loaded, adapter = tiny_ccm
+    engine = Engine(loaded, memory={"name": "ccm", "adapter": str(adapter)}, generation={"max_new_tokens": 5})
+    llm = LongctxLLM(engine=engine)
+    memory = LongctxMemory.from_defaults(llm=llm, session_id="li")
+    chat = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
+    for text in ("Tell me about rivers.", "And lakes?", "And seas?"):
+        chat.chat(text)
+    session = engine.session("li")
+    assert session.turns == 3 and session.memory.slots == 6 and session.state.seen == 6
+
+
+@pytest.mark.integration
+def test_shipped_adapter_serves_the_embedded_model(smollm):
+    engine = Engine(smollm, memory={"name": "ccm"}, generation={"max_new_tokens": 12})
+    engine.chat("My favourite colour is green.", session_id="s")
+    engine.chat("What is the capital of France?", session_id="s")
+    s = engine.session("s")
+    assert s.memory.slots == 4 and s.state.seen == 4
+    card = s.memory.adapter.card
+    assert card["base_model"]["sha256"] == smollm.fingerprint and card["heldout"]["concat_k2"]["gap_closed"] >= 0.8
