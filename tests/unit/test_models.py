@@ -47,3 +47,31 @@ def test_bad_device_and_dtype():
 
     with pytest.raises(ConfigError, match="dtype"):
         ModelHandle("smollm2-135m-instruct", device="cpu", dtype="int3").get()
+
+
+def test_converted_gguf_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    """Two clones (two paths) of the same GGUF share one converted copy; another file gets its own."""
+    from longctx_llm.models import _gguf_cache_dir
+
+    monkeypatch.setenv("LONGCTX_CACHE_DIR", str(tmp_path / "cache"))
+    a, b, c = tmp_path / "a.gguf", tmp_path / "b" / "a.gguf", tmp_path / "c.gguf"
+    b.parent.mkdir()
+    a.write_bytes(b"GGUF" + b"x" * 100)
+    b.write_bytes(b"GGUF" + b"x" * 100)
+    c.write_bytes(b"GGUF" + b"y" * 100)
+    assert _gguf_cache_dir(a) == _gguf_cache_dir(b) != _gguf_cache_dir(c)
+
+
+def test_cache_list_and_clear(tmp_path, monkeypatch, capsys):
+    from longctx_llm import cli
+
+    monkeypatch.setenv("LONGCTX_CACHE_DIR", str(tmp_path))
+    (tmp_path / "gguf" / "abc").mkdir(parents=True)
+    (tmp_path / "gguf" / "abc" / "model.safetensors").write_bytes(b"0" * 2048)
+    assert cli.main(["cache", "list", "--json"]) == 0
+    import json
+
+    entries = json.loads(capsys.readouterr().out)["entries"]
+    assert entries[0]["bytes"] == 2048
+    assert cli.main(["cache", "clear"]) == 0
+    assert not (tmp_path / "gguf").exists()

@@ -15,6 +15,8 @@ import pytest
 from longctx_llm import Engine
 from longctx_llm.config import load_config
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[3]
 TEXT = ROOT / "tests" / "data" / "pydocs_tutorial.txt"
 RETRIEVAL = ROOT / "examples" / "pipelines" / "long_document_retrieval.yaml"

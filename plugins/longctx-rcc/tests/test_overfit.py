@@ -1,6 +1,7 @@
 """The compression path carries information: a compressor overfit on two documents reconstructs each one from its
 own slots, and not from the other's."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -25,6 +26,7 @@ def accuracy(model, comp, slots_of, text):
     return (pred == text[:, 1:]).float().mean().item()
 
 
+@pytest.mark.slow
 def test_overfit_compressor_reconstructs_its_documents():
     model = small_vocab_model()
     comp = RCCCompressor(model, ratio=4, window=16, encoder_rank=16, slot_rank=16, encoder_projections=("attention", "mlp"))
