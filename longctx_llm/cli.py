@@ -29,6 +29,10 @@ def _cmd_chat(args) -> int:
     from .pipeline import load_pipeline_with_component
 
     obj, component = load_pipeline_with_component(args.pipeline)
+    try:  # bytes that are not UTF-8 become an error for that line (InputError), not the end of the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError):
+        pass
     interactive = sys.stdin.isatty()
     if interactive:
         print("longctx chat: type a message; /reset clears the session, /exit or Ctrl-D quits.", file=sys.stderr)

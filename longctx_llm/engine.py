@@ -44,6 +44,8 @@ def _build_plugin(kind: str, spec: PluginSpec, default: str):
     if spec is None:
         spec = default
     if isinstance(spec, str):
+        if not spec.strip():
+            raise ConfigError(f"{kind}: empty name (valid: {', '.join(registry.names(kind))})")
         spec = PluginConfig(name=spec)
     elif isinstance(spec, dict):
         try:
@@ -141,6 +143,10 @@ class Engine:
                 generation = GenerationConfig(**generation)
             except ValidationError as e:
                 raise ConfigError(format_validation_error(e, "generation")) from e
+        elif generation is not None and not isinstance(generation, GenerationConfig):
+            raise ConfigError(
+                f"generation: expected a mapping or a GenerationConfig, got {type(generation).__name__} {generation!r:.80}"
+            )
         self.generation = generation or GenerationConfig()
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -185,7 +191,7 @@ class Engine:
         return self.strategy.attention_span(self.loaded.info)
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        return list(self.tokenizer(chat_mod.check_text(text, "text"), add_special_tokens=add_special_tokens)["input_ids"])
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, add_special_tokens=False))
@@ -200,7 +206,11 @@ class Engine:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "stop" in overrides:
             stop = overrides["stop"]
-            stop = [stop] if isinstance(stop, str) else list(stop)
+            if isinstance(stop, str):
+                stop = [stop]
+            elif not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) for x in stop):
+                raise InputError(f"stop: expected a string or a list of strings, got {stop!r:.80}")
+            stop = list(stop)
             overrides["stop"] = list(dict.fromkeys([*self.generation.stop, *stop]))
         if not overrides:
             return self.generation
@@ -372,6 +382,33 @@ class Engine:
         session.cached_ids.extend(feed)
         return feed
 
+    #: seconds a request waits for a session that another request (or an unread, unclosed stream) holds
+    session_wait_s: float = 300.0
+
+    def _acquire(self, session: Session) -> None:
+        if not session.lock.acquire(timeout=self.session_wait_s):
+            raise SessionError(
+                f"session {session.id!r} stayed busy for {self.session_wait_s:.0f} s: another request holds it, or a "
+                "stream of it was neither read to the end nor closed (call .close() on streams you abandon)"
+            )
+
+    def _reuse_generated(self, session: Session, text: str, ids: list[int]) -> list[int]:
+        """Keep the tokens the session generated when the rendered conversation holds the same text.
+
+        A reply re-tokenises differently from how it was generated ("Al" + "ign" vs "Align"), which would make the
+        cache diverge from the new prompt right after the last turn's start. When the cached tokens decode to a
+        prefix of the new prompt's text, the prompt is that cache plus the rest, tokenised alone, so only what is
+        new is fed (and an append-only cache never holds stale tokens).
+        """
+        cached = session.cached_ids
+        if not cached or SLOT in cached or session.common_prefix(ids) == len(cached):
+            return ids
+        prefix = self.tokenizer.decode(cached, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not text.startswith(prefix):
+            return ids
+        rest = text[len(prefix):]
+        return list(cached) + (self.tokenize(rest, add_special_tokens=False) if rest else [])
+
     def _cache_view(self, session: Session, ids: list[int]) -> list[int]:
         """The memory's view of a rendered conversation's tokens (resetting a memory the client's edit broke)."""
         view = session.memory.token_view(ids)
@@ -398,7 +435,8 @@ class Engine:
         if not ids:
             raise InputError("extend: no tokens given")
         session = self.session(session_id)
-        with session.lock:
+        self._acquire(session)
+        try:
             full = [*session.token_ids, *ids]
             view = self._cache_view(session, full)
             self.check_fits(len(view))
@@ -410,6 +448,8 @@ class Engine:
             session.token_ids = full
             if end_turn:
                 self._end_turn(session, full)
+        finally:
+            session.lock.release()
         return logits
 
     def _chat_stream(self, messages, session_id, tools, params) -> tuple[Iterator[Delta], Any, Any]:
@@ -428,11 +468,11 @@ class Engine:
             ids = self.tokenize(text, add_special_tokens=False)
             return self._run(ids, params), None, None
         session = self.session(session_id)
-        session.lock.acquire()
+        self._acquire(session)
         try:
             view_msgs = session.memory.view(msgs)
             text = chat_mod.render(loaded.tokenizer, view_msgs, tools=tools)
-            ids = self.tokenize(text, add_special_tokens=False)
+            ids = self._reuse_generated(session, text, self.tokenize(text, add_special_tokens=False))
             cache_ids = self._cache_view(session, ids)
             self.check_fits(len(cache_ids))
             feed = self._sync(session, cache_ids)

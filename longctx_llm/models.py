@@ -267,8 +267,12 @@ def _eos_ids(tokenizer, model) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load ``source`` (alias, HF dir or .gguf) onto ``device``; no network is ever used."""
+def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Load ``source`` (alias, HF dir or .gguf) onto ``device``; no network is ever used.
+
+    ``trust_remote_code`` stays False unless a pipeline opts in (``model.trust_remote_code: true``): code shipped in
+    a model folder never runs otherwise, and nothing is ever asked on stdin.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf_adapter.check_transformers_version()
@@ -281,7 +285,8 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto") -> Loaded
     resolved = resolve_source(source)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    kwargs = {"local_files_only": True}
+    # never run a model folder's own Python (config.json "auto_map"); transformers would otherwise ask on stdin
+    kwargs = {"local_files_only": True, "trust_remote_code": bool(trust_remote_code)}
     directory, gguf = resolved.directory, resolved.gguf_file
     try:
         if gguf is not None:
@@ -327,20 +332,22 @@ def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
     )
 
 
-_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOADED: dict[tuple, LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
 class ModelHandle:
     """A lazy reference to a model; handles naming the same model share one loaded copy."""
 
-    def __init__(self, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+                 trust_remote_code: bool = False):
         self.source, self.device, self.dtype = source, device, dtype
+        self.trust_remote_code = bool(trust_remote_code)
         self._loaded: Optional[LoadedModel] = None
 
-    def _key(self) -> tuple[str, str, str]:
+    def _key(self) -> tuple:
         dev = resolve_device(self.device)
-        return (resolve_source(self.source).key, str(dev), str(resolve_dtype(self.dtype, dev)))
+        return (resolve_source(self.source).key, str(dev), str(resolve_dtype(self.dtype, dev)), self.trust_remote_code)
 
     @property
     def is_loaded(self) -> bool:
@@ -351,7 +358,7 @@ class ModelHandle:
             key = self._key()
             with _LOAD_LOCK:
                 if key not in _LOADED:
-                    _LOADED[key] = load_model(self.source, self.device, self.dtype)
+                    _LOADED[key] = load_model(self.source, self.device, self.dtype, self.trust_remote_code)
                 self._loaded = _LOADED[key]
         return self._loaded
 
