@@ -28,6 +28,7 @@ from longctx_llm.errors import InputError
 
 from .adapter import CCMAdapter
 from .parallel import Layout, parallel_hidden, segment_nll
+from .samples import SampleMaker
 
 logger = logging.getLogger("longctx_llm.train")
 
@@ -44,12 +45,18 @@ def _ints(text: str, what: str) -> list[int]:
 
 @torch.no_grad()
 def heldout_gap(model, adapter: CCMAdapter, stream, *, segments: int, seg_len: int, k: int, mode: str,
-                samples: int, batch: int = 16) -> dict[str, float]:
+                samples: int, batch: int = 16, kind: str = "text", maker=None) -> dict[str, float]:
     """Perplexity of the last segment's tokens 1.. with no context / the compressed memory / the full text."""
     device = next(model.parameters()).device
-    data = stream.fixed(samples, segments * seg_len).to(device)
-    layout = Layout((seg_len,) * segments, k, mode, device=device)
+    if kind == "text":
+        data = stream.fixed(samples, segments * seg_len).to(device)
+        lens = (seg_len,) * segments
+    else:
+        data, lens = maker.batch(kind, samples, seg_len, segments, torch.Generator().manual_seed(1234))
+        data = data.to(device)
+    layout = Layout(lens, k, mode, device=device)
     last = segments - 1
+    start = sum(lens[:last])
     nll = {"none": [], "ccm": [], "full": []}
     was = adapter.training
     adapter.eval()
@@ -57,10 +64,10 @@ def heldout_gap(model, adapter: CCMAdapter, stream, *, segments: int, seg_len: i
         ids = data[i : i + batch]
         hidden = parallel_hidden(model, adapter, ids, layout)
         nll["ccm"].append(segment_nll(model, hidden, ids, layout, [last]).flatten())
-        tgt = ids[:, last * seg_len :]
+        tgt = ids[:, start:]
         logits = model(input_ids=tgt).logits[:, :-1].float()
         nll["none"].append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], reduction="none").flatten())
-        logits = model(input_ids=ids).logits[:, last * seg_len : -1].float()
+        logits = model(input_ids=ids).logits[:, start:-1].float()
         nll["full"].append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], reduction="none").flatten())
     adapter.train(was)
     ppl = {k2: math.exp(torch.cat(v).mean().item()) for k2, v in nll.items()}
@@ -84,6 +91,9 @@ class CCMTrainer:
         p.add_argument("--comp-weights", default=None, help="sampling weights of --comp-tokens (default: equal)")
         p.add_argument("--modes", default="concat", help="concat, merge or concat,merge (default: %(default)s)")
         p.add_argument("--merge-share", type=float, default=0.3, help="share of merge steps when both modes train")
+        p.add_argument("--chat-share", type=float, default=0.0, help="share of steps on text wrapped in chat turns")
+        p.add_argument("--fact-share", type=float, default=0.0,
+                       help="share of steps on dialogues whose last turn needs a fact from the first")
         p.add_argument("--rank", type=int, default=16, help="LoRA rank (default: %(default)s)")
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
         p.add_argument("--targets", default="attention", help="LoRA targets: attention, mlp or both (default: %(default)s)")
@@ -128,6 +138,9 @@ class CCMTrainer:
         wall = float(meta.get("wall_time_s", 0.0))
         tokens_seen = int(meta.get("tokens", 0))
 
+        maker = SampleMaker(train_stream, loaded.tokenizer, seed=training.stable_seed(args.seed, "samples", start))
+        if not 0 <= args.chat_share + args.fact_share <= 1:
+            raise InputError("--chat-share + --fact-share must be between 0 and 1")
         rng = random.Random(training.stable_seed(args.seed, start))
         gen = torch.Generator().manual_seed(training.stable_seed(args.seed, "data", start))
         autocast = training.autocast(device)
@@ -141,8 +154,11 @@ class CCMTrainer:
                 k = rng.choices(ks, weights)[0]
                 mode = "merge" if len(modes) == 2 and rng.random() < args.merge_share else modes[0]
                 n = rng.choice(seg_lens)
-                layout = Layout((n,) * args.segments, k, mode, device=device)
-                ids = train_stream.sample(args.batch, n * args.segments, gen).to(device)
+                u = rng.random()
+                kind = "fact" if u < args.fact_share else "chat" if u < args.fact_share + args.chat_share else "text"
+                ids, lens = maker.batch(kind, args.batch, n, args.segments, gen)
+                ids = ids.to(device)
+                layout = Layout(lens, k, mode, device=device)
                 for g in opt.param_groups:
                     g["lr"] = training.cosine_lr(step - 1, args.steps, args.lr, args.warmup, budget.progress(step - 1))
                 with autocast:
@@ -173,6 +189,14 @@ class CCMTrainer:
                         model, adapter, held_stream, segments=args.segments, seg_len=seg, k=k, mode=mode,
                         samples=args.eval_samples,
                     )
+            held_maker = SampleMaker(held_stream, loaded.tokenizer, seed=1)
+            for kind, share in (("chat", args.chat_share), ("fact", args.fact_share)):
+                if share > 0:
+                    k = 2 if 2 in ks else ks[0]
+                    figures[f"{kind}_{modes[0]}_k{k}"] = heldout_gap(
+                        model, adapter, held_stream, segments=args.segments, seg_len=seg, k=k, mode=modes[0],
+                        samples=args.eval_samples, kind=kind, maker=held_maker,
+                    )
         card = {
             "base_model": training.base_model_card(loaded, args.model_name),
             "data": data_info,
@@ -181,6 +205,7 @@ class CCMTrainer:
                 "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
                 "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
                 "comp_weights": weights, "merge_share": args.merge_share if len(modes) == 2 else None,
+                "chat_share": args.chat_share, "fact_share": args.fact_share,
                 "command": training.command_line("ccm", args),
             },
             "heldout": {"segments": args.segments, "seg_len": seg, "samples": args.eval_samples, **figures},
