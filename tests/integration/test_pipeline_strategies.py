@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ["quickstart.yaml", "langchain.yaml", "llama_index_llm.yaml", "llama_index_chat_engine.yaml",
              "llama_index_query_engine.yaml"]
-STRATEGIES = {"full": 8192, "dca": 65536, "streaming": None}
+STRATEGIES = {"full": 8192, "dca": 65536, "streaming": None, "rcc": (8192 - 1024) * 32 + 1024}
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -35,3 +35,18 @@ def test_example_pipeline_runs_under_each_strategy(pipeline, strategy):
     assert text.strip()
     if "query_engine" not in pipeline:
         assert "Paris" in text
+
+
+@pytest.mark.parametrize("memory", ["buffer", "ccm"])
+def test_quickstart_swaps_its_memory_with_one_line(memory):
+    data = yaml.safe_load((ROOT / "examples" / "pipelines" / "quickstart.yaml").read_text())
+    data["memory"] = {"name": memory}
+    data["generation"] = {"max_new_tokens": 16, "temperature": 0.0}
+    obj, comp = load_pipeline_with_component(data)
+    first = "".join(comp.respond(obj, "What is the capital of France?", session_id=f"mem-{memory}"))
+    assert "Paris" in first  # the first turn sees no memory yet: the same answer under every memory
+    "".join(comp.respond(obj, "And of Italy?", session_id=f"mem-{memory}"))
+    session = obj.engine.session(f"mem-{memory}")
+    assert session.turns == 2
+    if memory == "ccm":
+        assert session.memory.slots == 4 and session.state.seen < 60

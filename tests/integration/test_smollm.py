@@ -81,9 +81,13 @@ def test_eval_ppl_json(smollm, capsys):
 
 
 def test_example_third_party_plugin_installs_and_runs(tmp_path):
+    import shutil
+
     target = tmp_path / "site"
+    src = tmp_path / "src"  # built from a copy: pip leaves build/ and *.egg-info beside the sources it builds
+    shutil.copytree(ROOT / "examples/plugins/longctx-example-local", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(ROOT / "examples/plugins/longctx-example-local")],
+                          "--target", str(target), str(src)],
                          capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}

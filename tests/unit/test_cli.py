@@ -2,6 +2,7 @@
 
 import json
 
+from longctx_llm import cli
 from longctx_llm.cli import main
 
 
@@ -48,3 +49,24 @@ def test_every_example_pipeline_validates(capsys):
     assert len(files) >= 6
     for f in files:
         assert main(["validate", str(f)]) == 0, capsys.readouterr().err
+
+
+def test_help_overview_and_plugin_details(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "rcc" in out and "ccm" in out and "longctx run examples/pipelines/quickstart.yaml" in out
+    assert cli.main(["plugins", "dca"]) == 0
+    out = capsys.readouterr().out
+    assert "chunk_size = None" in out and "options:" in out
+    assert cli.main(["plugins", "nope"]) == 2
+    assert "no installed plugin named 'nope'" in capsys.readouterr().err
+
+
+def test_validate_checks_that_the_model_exists(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text(f"model: {{source: {tmp_path / 'missing-model'}}}\n")
+    assert cli.main(["validate", str(p)]) == 2
+    assert "missing-model" in capsys.readouterr().err

@@ -77,6 +77,8 @@ def heldout_gap(model, adapter: CCMAdapter, stream, *, segments: int, seg_len: i
 
 
 class CCMTrainer:
+    """`longctx train ccm`: COMP embeddings and a conditional LoRA for a model, self-supervised on your text."""
+
     name = "ccm"
     help = "train a CCM adapter (compressed chat memory) for a model"
 

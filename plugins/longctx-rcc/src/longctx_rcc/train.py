@@ -122,6 +122,8 @@ def heldout(model, comp, sampler: Sampler, samples: int, batch: int = 8, seed: i
 
 
 class RCCTrainer:
+    """`longctx train rcc`: an RCC compressor (encoder, bridges, slot LoRA) for a model, on your text."""
+
     name = "rcc"
     help = "train an RCC compressor (long-prompt compression) for a model"
 
