@@ -96,6 +96,9 @@ def add_common_arguments(p) -> None:
     p.add_argument("--dtype", default="auto", help="model dtype: auto (bfloat16 on GPU), float32, bfloat16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this adapter directory (e.g. a shipped one) with a fresh optimizer; "
+                        "ignored when --out holds a checkpoint to resume")
 
 
 def device_name(device: torch.device) -> str:

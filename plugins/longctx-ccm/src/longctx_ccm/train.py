@@ -137,6 +137,15 @@ class CCMTrainer:
         if ckpt.exists() and not args.no_resume:
             start, meta = ckpt.load(params, opt)
             logger.warning("resuming from %s at step %d", ckpt.path, start)
+        elif args.init:
+            init = CCMAdapter.load(args.init, model, loaded.fingerprint)
+            with torch.no_grad():
+                for k, v in init.named_parameters():
+                    params[k].copy_(v.to(params[k].dtype))
+            start = int((init.card.get("training") or {}).get("steps", 0))
+            meta = {"tokens": (init.card.get("training") or {}).get("tokens", 0),
+                    "wall_time_s": (init.card.get("training") or {}).get("wall_time_s", 0.0)}
+            logger.warning("starting from the weights of %s (step %d), fresh optimizer", args.init, start)
         wall = float(meta.get("wall_time_s", 0.0))
         tokens_seen = int(meta.get("tokens", 0))
 

@@ -185,6 +185,15 @@ class RCCTrainer:
         if ckpt.exists() and not args.no_resume:
             start, meta = ckpt.load(params, opt)
             logger.warning("resuming from %s at step %d", ckpt.path, start)
+        elif args.init:
+            init = RCCCompressor.load(args.init, model, loaded.fingerprint)
+            with torch.no_grad():
+                for k, v in init.trainable().items():
+                    params[k].copy_(v.to(params[k].dtype))
+            start = int((init.card.get("training") or {}).get("steps", 0))
+            meta = {"tokens": (init.card.get("training") or {}).get("tokens", 0),
+                    "wall_time_s": (init.card.get("training") or {}).get("wall_time_s", 0.0)}
+            logger.warning("starting from the weights of %s (step %d), fresh optimizer", args.init, start)
         wall, tokens_seen = float(meta.get("wall_time_s", 0.0)), int(meta.get("tokens", 0))
         sampler = Sampler(train_stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
         rng = random.Random(training.stable_seed(args.seed, start))
