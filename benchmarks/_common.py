@@ -75,7 +75,7 @@ def add_model_shape_args(p, layers: int = 4) -> None:
     p.add_argument("--vocab", type=int, default=128256)
 
 
-def random_llama(args, tokenizer, device, dtype):
+def random_llama(args, tokenizer, device, dtype, max_positions: int = 8192):
     """A random-weight Llama of the shape in ``args`` (see :func:`add_model_shape_args`), as a LoadedModel."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -84,7 +84,7 @@ def random_llama(args, tokenizer, device, dtype):
     cfg = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=8192, rope_theta=500000.0,
+        max_position_embeddings=max_positions, rope_theta=500000.0,
     )
     torch.manual_seed(0)
     with torch.device(device):

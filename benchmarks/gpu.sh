@@ -4,6 +4,8 @@
 # then runs one step:
 #   bash benchmarks/gpu.sh train      train the CCM adapter (GPU 0) and the RCC compressor (GPU 1) in parallel,
 #                                     each for $BUDGET seconds; pack the adapters into $OUT (parts of 15 MB)
+#   bash benchmarks/gpu.sh bench      speed and memory (RCC vs plain vs DCA, SmolLM2 and an 8B-shaped model, 8k..1M),
+#                                     the 1M-token stream with default options, CCM/RCC quality with more samples
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
@@ -34,7 +36,21 @@ case "${1:-}" in
     [ -f $W/rcc/adapter.json ] && pack $W/rcc rcc
     ls -la "$OUT"
     ;;
+  bench)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    python3 benchmarks/rcc_speed.py --lengths 8192,32768,131072 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+    python3 benchmarks/rcc_speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
+      --lengths 8192,32768,131072,524288,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -18
+    printf 'model: {source: %s}\nstrategy: {name: streaming}\n' "$MODEL" > /tmp/stream.yaml
+    longctx eval stream /tmp/stream.yaml --text "$TEXT" --tokens 1048576 --every 262144 --json > "$OUT/stream_default.json"
+    cat "$OUT/stream_default.json"
+    for p in rcc ccm-concat-k2; do sed "s#smollm2-135m-instruct#$MODEL#" benchmarks/pipelines/$p.yaml > /tmp/$p.yaml; done
+    longctx eval compare --pipelines /tmp/rcc.yaml --suite gap,recall --text "$TEXT" --split heldout \
+      --context 1024,4096 --samples 256 --out "$OUT/rcc-quality" 2>&1 | tail -12
+    longctx eval gap /tmp/ccm-concat-k2.yaml --text "$TEXT" --split heldout --context 512 --samples 256 \
+      --turn-tokens 128 --json > "$OUT/ccm-gap.json"; cat "$OUT/ccm-gap.json"
+    ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|fetch DIR" >&2; exit 2 ;;
+  *) echo "usage: gpu.sh train|bench|fetch DIR" >&2; exit 2 ;;
 esac

@@ -371,6 +371,15 @@ def passkey(engine, lengths: Sequence[int], depths: Sequence[float], trials: int
     return rows
 
 
+def _state_bytes(state) -> int:
+    """Bytes of what a strategy state keeps between forwards (its cache: keys/values, slots), via its state_dict."""
+    try:
+        tensors, _ = state.state_dict()
+    except LongctxError:
+        return 0
+    return sum(t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point())
+
+
 # ---- speed --------------------------------------------------------------------------------------------------------
 
 
@@ -394,6 +403,7 @@ def speed(engine, ids: Sequence[int], lengths: Sequence[int], *, decode_tokens: 
                 logits = state.forward(torch.tensor([prompt], device=device))
                 _sync(device)
                 t1 = time.perf_counter()
+                cache = _state_bytes(state)
                 tok = logits[:, -1].argmax(-1, keepdim=True)
                 for _ in range(decode_tokens):
                     tok = state.forward(tok)[:, -1].argmax(-1, keepdim=True)
@@ -409,6 +419,7 @@ def speed(engine, ids: Sequence[int], lengths: Sequence[int], *, decode_tokens: 
         row.update({
             "prefill_s": round(t1 - t0, 4), "prefill_tokens_per_s": round(n / (t1 - t0), 1),
             "decode_tokens_per_s": round(decode_tokens / (t2 - t1), 2), "peak_memory_mib": round(peak.mib, 1),
+            "cache_mib": round(cache / 2**20, 2),
         })
         rows.append(row)
     return rows
