@@ -25,7 +25,7 @@ from .errors import ConfigError, ContextWindowError, InputError, SessionError
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
 from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
-from .session import Session, check_compatible, read_session, save_session
+from .session import Session, check_compatible, check_dtype, read_session, save_session
 from .strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Engine:
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Engine":
         return cls(
-            ModelHandle(config.model.source, config.model.device, config.model.dtype),
+            ModelHandle(config.model.source, config.model.device, config.model.dtype, config.model.trust_remote_code),
             strategy=config.strategy,
             memory=config.memory,
             generation=config.generation,
@@ -332,22 +332,33 @@ class Engine:
             "memory": self.memory.describe(),
         }
 
-    def save_session(self, session_id: str, directory) -> str:
+    def save_session(self, session_id: str, directory, *, overwrite: bool = False) -> str:
         with self._sessions_lock:
             if session_id not in self._sessions:
                 raise SessionError(f"no session {session_id!r} (sessions: {', '.join(self._sessions) or 'none'})")
             s = self._sessions[session_id]
-        return str(save_session(s, directory, self._header()))
+        return str(save_session(s, directory, self._header(), overwrite=overwrite, wait_s=self.session_wait_s))
 
     def load_session(self, directory, session_id: Optional[str] = None) -> Session:
         """Restore a saved session (optionally under a new id); replaces a live session of that id."""
         doc, s_tensors, m_tensors = read_session(directory)
-        check_compatible(doc, self._header(), str(directory))
+        where = str(directory)
+        check_compatible(doc, self._header(), where)
         loaded = self.loaded
+        check_dtype(doc, loaded.dtype, where)
+        vocab = loaded.model.get_input_embeddings().num_embeddings
+        ids = [t for key in ("cached_ids", "token_ids") for t in doc.get(key) or [] if t != SLOT]
+        if ids and max(ids) >= vocab:
+            raise SessionError(f"saved session {where!r} holds token id {max(ids)}, beyond this model's vocabulary ({vocab})")
         sid = session_id or doc["id"]
         s = Session(sid, self.strategy.new_state(loaded, 1), self.memory.new_state(loaded))
-        s.state.load_state_dict(s_tensors, doc["strategy_meta"])
-        s.memory.load_state_dict(m_tensors, doc["memory_meta"])
+        try:  # the saved state is untrusted: whatever its loaders trip over is one clear error
+            s.state.load_state_dict(s_tensors, doc["strategy_meta"])
+            s.memory.load_state_dict(m_tensors, doc["memory_meta"])
+        except SessionError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+            raise SessionError(f"saved session {where!r} has a malformed state: {type(e).__name__}: {str(e)[:200]}") from e
         s.history = doc["history"]
         s.cached_ids = doc["cached_ids"]
         s.token_ids = doc.get("token_ids", [t for t in s.cached_ids if t != SLOT])
@@ -398,10 +409,13 @@ class Engine:
         A reply re-tokenises differently from how it was generated ("Al" + "ign" vs "Align"), which would make the
         cache diverge from the new prompt right after the last turn's start. When the cached tokens decode to a
         prefix of the new prompt's text, the prompt is that cache plus the rest, tokenised alone, so only what is
-        new is fed (and an append-only cache never holds stale tokens).
+        new is fed (and an append-only cache never holds stale tokens). Strategies that rewind instead re-feed from
+        where the tokens differ (a few tokens), so their cache stays exactly what a stateless run would hold.
         """
         cached = session.cached_ids
-        if not cached or SLOT in cached or session.common_prefix(ids) == len(cached):
+        if self.strategy.capabilities.rewind or not cached or SLOT in cached:
+            return ids
+        if session.common_prefix(ids) == len(cached):
             return ids
         prefix = self.tokenizer.decode(cached, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if not text.startswith(prefix):

@@ -141,8 +141,8 @@ def test_session_save_restore_continue(tiny_model, tmp_path):
     restored = other.load_session(path)
     assert restored.cached_ids == restored.cached_ids and restored.turns == 1
     assert _chat(other, "s", "Second message").text == cont.text
-    # saving again over an existing directory is atomic and leaves a readable save
-    engine.save_session("s", tmp_path / "saved")
+    # saving again over its own earlier save (overwrite=True) is atomic and leaves a readable save
+    engine.save_session("s", tmp_path / "saved", overwrite=True)
     Engine(lm).load_session(tmp_path / "saved")
 
 

@@ -97,3 +97,18 @@ def test_streaming_session_feeds_only_the_new_turn_when_the_reply_retokenises(ti
         assert e.session("s").state is state  # never rebuilt
     assert differed >= 1
     assert max(fed) < 80  # each turn feeds its own tokens and the reply, not the whole conversation
+
+
+def test_seed_and_temperature_bounds(tiny_model):
+    e = Engine(tiny_model("llama"), generation={"max_new_tokens": 2})
+    with pytest.raises(InputError, match="seed"):
+        e.chat("hi", seed=2**70, temperature=0.5)
+    with pytest.raises(InputError, match="temperature"):
+        e.chat("hi", temperature=float("inf"))
+
+
+def test_trust_remote_code_is_an_explicit_opt_in():
+    from longctx_llm.config import parse_config
+
+    assert parse_config({}).model.trust_remote_code is False
+    assert parse_config({"model": {"trust_remote_code": True}}).model.trust_remote_code is True
