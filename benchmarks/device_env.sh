@@ -1,7 +1,7 @@
 # Source at the start of every command on the lent GPU machine (see benchmarks/README.md):
 #   . benchmarks/device_env.sh
 # Installs the carried wheels (.whl: gguf, pydantic...) and this repository's distributions without touching the
-# image's torch/transformers, and assembles the embedded model's GGUF from its carried halves (.gguf/part_*,
+# image's torch/transformers, and assembles the embedded model's GGUF from its carried parts (.gguf/part_*,
 # one per call because of the per-call carry limit) at /root/smol.gguf.
 set -e
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 LONGCTX_PROGRESS=0
@@ -12,8 +12,13 @@ fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 if [ -d .gguf ]; then
   for p in .gguf/part_*; do cp -n "$p" /root/ 2>/dev/null || true; done
-  if [ ! -f /root/smol.gguf ] && [ -f /root/part_aa ] && [ -f /root/part_ab ]; then
-    cat /root/part_aa /root/part_ab > /root/smol.gguf
+  # the parts arrive one per call; the last one is smaller than the others
+  if [ ! -f /root/smol.gguf ] && ls /root/part_* >/dev/null 2>&1; then
+    last=$(ls /root/part_* | tail -1)
+    first=$(ls /root/part_* | head -1)
+    if [ "$(stat -c %s "$last")" -lt "$(stat -c %s "$first")" ] || [ -f /root/.gguf-complete ]; then
+      cat /root/part_* > /root/smol.gguf
+    fi
   fi
 fi
 pkgs=(-e .)
