@@ -62,6 +62,8 @@ def _split(name: str, t: torch.Tensor, max_bytes: int) -> list[tuple[str, torch.
     if t.dim() == 0 or t.shape[0] < 2:
         raise AdapterError(f"tensor {name!r} has {n} bytes in one row, over the {max_bytes}-byte file limit")
     row = n // t.shape[0]
+    if row > max_bytes:
+        raise AdapterError(f"tensor {name!r} has rows of {row} bytes, over the {max_bytes}-byte file limit")
     per = max(1, max_bytes // max(1, row))
     return [(f"{name}@{i}", t[s : s + per].contiguous()) for i, s in enumerate(range(0, t.shape[0], per))]
 

@@ -33,6 +33,9 @@ class StackedStrategy(Strategy):
             self.outer.capabilities,
             batching=self.outer.capabilities.batching and self.inner.capabilities.batching,
             cpu=self.outer.capabilities.cpu and self.inner.capabilities.cpu,
+            # the inner strategy's RoPE positions decide whether keys may be moved: both must allow it
+            compact=self.outer.capabilities.compact and self.inner.capabilities.compact,
+            splice=self.outer.capabilities.splice and self.inner.capabilities.splice,
         )
 
     def _extended(self, info):

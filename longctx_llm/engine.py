@@ -367,16 +367,15 @@ class Engine:
             self._sessions[sid] = s
         return s
 
-    def _sync(self, session: Session, ids: list[int]) -> list[int]:
+    def _sync(self, session: Session, ids: list[int], min_feed: int = 1) -> list[int]:
         """Bring the session's cache to hold ``ids`` feeding as little as possible; return the tokens to feed.
 
         ``ids`` are what the cache should hold (the memory's :meth:`~longctx_llm.memory.MemoryState.token_view`:
         slot placeholders, then tokens). A strategy that cannot rewind (an append-only streaming cache) gets a
         fresh state when the text diverges from what it holds, so the model never sees stale tokens.
         """
-        common = session.common_prefix(ids)
-        if common == len(ids):  # everything cached: re-feed the last token to get its logits
-            common -= 1
+        # at least the last ``min_feed`` tokens are fed (their logits are wanted), even if they are cached already
+        common = min(session.common_prefix(ids), len(ids) - min_feed)
         if common < len(session.cached_ids):
             if self.strategy.capabilities.rewind:
                 session.state.rewind(common)
@@ -451,10 +450,15 @@ class Engine:
         session = self.session(session_id)
         self._acquire(session)
         try:
+            if session.history:
+                raise SessionError(
+                    f"session {session_id!r} holds a chat: extend() feeds raw text turns to sessions of its own "
+                    "(a chat turn re-renders the history, which raw turns are not part of)"
+                )
             full = [*session.token_ids, *ids]
             view = self._cache_view(session, full)
             self.check_fits(len(view))
-            feed = self._sync(session, view)
+            feed = self._sync(session, view, min_feed=len(ids) if all_logits else 1)
             tensor = torch.tensor([feed], dtype=torch.long, device=self.loaded.device)
             logits = session.state.forward(tensor, all_logits=all_logits)
             if all_logits:
@@ -484,6 +488,10 @@ class Engine:
         session = self.session(session_id)
         self._acquire(session)
         try:
+            if session.turns and not session.history:
+                raise SessionError(
+                    f"session {session_id!r} was fed raw text turns with extend(); chat in another session"
+                )
             view_msgs = session.memory.view(msgs)
             text = chat_mod.render(loaded.tokenizer, view_msgs, tools=tools)
             ids = self._reuse_generated(session, text, self.tokenize(text, add_special_tokens=False))

@@ -263,7 +263,7 @@ class KVCacheState(StrategyState):
         if B != self.batch_size:
             raise LongctxError(f"state was made for batch size {self.batch_size}, got {B} rows")
         step = self.prefill_chunk_size or T
-        if T <= step:
+        if T <= step or hooks is not None:  # hooks may hold tensors for the whole call: never split it
             return self._chunk(input_ids, attention_mask, all_logits, inputs_embeds, hooks)
         outs = []
         with progress_bar(total=T, desc="prefill", unit="tok", enabled=T >= 8 * step) as bar:
@@ -294,8 +294,10 @@ class KVCacheState(StrategyState):
     def editable(self) -> bool:
         """True when keys sit at RoPE position = cache index (the positions and RoPE seams are the defaults) and no
         row is padded: then removing entries and re-rotating the later keys keeps every distance right."""
+        # bound methods: an instance may carry another state's seam (a composed strategy), not only a subclass
         plain = all(
-            getattr(type(self), m) is getattr(KVCacheState, m) for m in ("logical_positions", "rope_positions")
+            getattr(getattr(self, m), "__func__", None) is getattr(KVCacheState, m)
+            for m in ("logical_positions", "rope_positions")
         )
         return plain and self.padding is None and self.model.info.has_rope
 
@@ -333,9 +335,14 @@ class KVCacheState(StrategyState):
         self._require_editable("splice its cache")
         if not 0 <= start <= end <= self.seen:
             raise LongctxError(f"splice({start}, {end}): the cache holds {self.seen} entries")
-        m = kv[0][0].shape[-2] if kv else 0
+        layers = self._layers()
+        if not kv:  # nothing inserted: zero entries per layer
+            kv = [(k[..., :0, :], v[..., :0, :]) for k, v in layers]
+        if len(kv) != len(layers):
+            raise LongctxError(f"splice: got key/values for {len(kv)} layers, the cache has {len(layers)}")
+        m = kv[0][0].shape[-2]
         shift = start + m - end
-        for i, ((k, v), (nk, nv)) in enumerate(zip(self._layers(), kv)):
+        for i, ((k, v), (nk, nv)) in enumerate(zip(layers, kv)):
             tail_k, tail_v = k[..., end:, :], v[..., end:, :]
             if shift and tail_k.shape[-2]:
                 tail_k = self.rotate_keys([(tail_k, tail_v)], shift)[0][0]

@@ -112,3 +112,21 @@ def test_trust_remote_code_is_an_explicit_opt_in():
 
     assert parse_config({}).model.trust_remote_code is False
     assert parse_config({"model": {"trust_remote_code": True}}).model.trust_remote_code is True
+
+
+def test_extend_and_chat_do_not_mix_in_one_session(tiny_model):
+    e = Engine(tiny_model("llama"), generation={"max_new_tokens": 3})
+    e.chat("Hello", session_id="c")
+    with pytest.raises(SessionError, match="holds a chat"):
+        e.extend("c", [5, 6, 7])
+    e.extend("r", [5, 6, 7])
+    with pytest.raises(SessionError, match="raw text turns"):
+        e.chat("Hello", session_id="r")
+
+
+def test_extend_returns_logits_for_every_token_given(tiny_model):
+    e = Engine(tiny_model("llama"))
+    e.extend("r", [5, 6, 7, 8])
+    e.session("r").token_ids = [5, 6]  # the cache holds more than the conversation: the next tokens are cached too
+    out = e.extend("r", [7, 8, 9], end_turn=False, all_logits=True)
+    assert out.shape[1] == 3

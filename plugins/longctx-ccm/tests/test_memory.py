@@ -72,7 +72,9 @@ def test_max_slots_drops_the_oldest_turns(tiny, adapter_dir):
     e = ccm_engine(tiny, adapter_dir, comp_tokens=2, max_slots=4)
     for t in TURNS:
         e.chat(t, session_id="s")
-    assert e.session("s").memory.slots == 4 and e.session("s").state.seen == 4
+    s = e.session("s")
+    assert s.memory.slots == 4 and s.state.seen == 4
+    assert all(k.shape[-2] == 4 for k, _ in hf_adapter.cache_kv(s.state.cache))  # the cache itself, not a counter
 
 
 def test_save_restore_next_turn_equals_uninterrupted(tiny, adapter_dir, tmp_path):
@@ -164,9 +166,10 @@ def test_a_card_naming_another_base_hash_is_refused(tiny, adapter_dir):
         CCMAdapter.load(adapter_dir, tiny.model, fingerprint="f" * 64)
 
 
-def test_strategies_whose_cache_cannot_be_edited_are_refused(tiny, adapter_dir):
-    e = Engine(tiny, strategy="dca", memory={"name": "ccm", "adapter": str(adapter_dir)})
-    with pytest.raises(ConfigError, match="cannot run with strategy 'dca'"):
+@pytest.mark.parametrize("strategy", ["dca", [{"name": "full"}, {"name": "dca"}]])
+def test_strategies_whose_cache_cannot_be_edited_are_refused(tiny, adapter_dir, strategy):
+    e = Engine(tiny, strategy=strategy, memory={"name": "ccm", "adapter": str(adapter_dir)})
+    with pytest.raises(ConfigError, match="cannot run with strategy"):
         e.session("s")
 
 

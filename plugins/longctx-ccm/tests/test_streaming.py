@@ -34,3 +34,17 @@ def test_streaming_evicts_the_oldest_slots_and_stays_bounded(tiny_model, tmp_pat
         assert s.state.cache_tokens <= 50
     assert s.memory.slots == 32  # every turn compressed; the oldest slots were evicted by the window
     assert s.state.cache_tokens <= 50
+
+
+def test_streaming_compresses_a_whole_history_once(tiny_model, tmp_path):
+    lm = tiny_model("llama", max_positions=512)
+    d = save_random_adapter(lm, tmp_path / "a")
+    e = Engine(lm, strategy={"name": "streaming", "window": 400}, memory={"name": "ccm", "adapter": str(d)},
+               generation={"max_new_tokens": 5})
+    history = [{"role": "user", "content": TURNS[0]}, {"role": "assistant", "content": "Hello Ada."},
+               {"role": "user", "content": TURNS[1]}, {"role": "assistant", "content": "Nice."},
+               {"role": "user", "content": TURNS[2]}]
+    e.chat(history, session_id="s")
+    s = e.session("s")
+    assert s.memory.slots == 2 and s.state.cache_tokens == 2  # one piece: the append-only cache cannot split it
+    assert s.memory.covered == s.token_ids

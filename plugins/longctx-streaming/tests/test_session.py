@@ -68,3 +68,16 @@ def test_smollm_multi_turn_stays_coherent_with_a_bounded_cache(smollm):
     answer = engine.chat("What is the capital of France?", "s", max_new_tokens=24)
     assert "Paris" in answer.text
     assert state.cache_tokens == 128
+
+
+def test_compact_tail_outside_inference_mode(tiny_model):
+    import torch as _torch
+
+    from longctx_llm import Engine as _Engine
+
+    e = _Engine(tiny_model("llama", max_positions=512), strategy={"name": "streaming", "sink_tokens": 2, "window": 30})
+    st = e.strategy.new_state(e.loaded)
+    st.forward(_torch.randint(0, 1000, (1, 28)))
+    st.forward(_torch.randint(0, 1000, (1, 20)))  # evicts
+    st.compact_tail(drop=10, keep=3)
+    assert st.cache_tokens == 22

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -87,8 +88,11 @@ class CCMState(MemoryState):
         state = session.state
         start = len(self.covered)
         for n in pieces:
-            self._bring(session, ids[start : start + n])
+            exact = self._bring(session, ids[start : start + n])
             self._compress(session)
+            if not exact:  # an append-only cache: what it held was compressed as one piece, whatever it covered
+                self.covered = ids
+                break
             self.covered = ids[: start + n]
             start += n
         logger.debug("ccm: %d slots after %d turns; cache holds %d entries", self.slots, self.turns, state.seen)
@@ -119,8 +123,9 @@ class CCMState(MemoryState):
                 prev = c
         return lengths
 
-    def _bring(self, session: Any, piece: list[int]) -> None:
-        """Make the cache hold ``[slots][piece]`` exactly (feeding or dropping what differs)."""
+    def _bring(self, session: Any, piece: list[int]) -> bool:
+        """Make the cache hold ``[slots][piece]`` (feeding or dropping what differs); False when an append-only
+        cache holds more or other tokens than ``piece`` and cannot drop them."""
         state = session.state
         cached = session.cached_ids
         tail = cached[self.slots :]
@@ -129,14 +134,15 @@ class CCMState(MemoryState):
             try:
                 state.rewind(self.slots + common)
             except LongctxError:
-                # an append-only cache (streaming) holding the reply as generated, which re-tokenised differently:
-                # compress what the model saw; the slots stand for the same text
-                return
+                # an append-only cache (streaming) holding the reply as generated, which re-tokenised differently,
+                # or several turns at once: compress what the model saw; the slots stand for the same text
+                return False
             del cached[self.slots + common :]
         rest = piece[common:]
         if rest:
             state.forward(torch.tensor([rest], dtype=torch.long, device=self.model.device))
             cached.extend(rest)
+        return True
 
     @torch.inference_mode()
     def _compress(self, session: Any) -> None:
@@ -193,15 +199,15 @@ class CCMMemory(Memory):
 
     def __init__(self, options: Optional[CCMOptions] = None, **kwargs: Any):
         super().__init__(options, **kwargs)
-        self._adapters: dict[int, CCMAdapter] = {}
+        self._adapters: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     def adapter_for(self, model) -> CCMAdapter:
         """Load (once per loaded model) and check the adapter for a LoadedModel."""
         with self._lock:
             got = self._adapters.get(id(model))
-            if got is not None:
-                return got
+            if got is not None and got[0]() is model:
+                return got[1]
             fp = model.fingerprint
             path = self.options.adapter or find_shipped(fp)
             if path is None:
@@ -219,7 +225,7 @@ class CCMMemory(Memory):
             adapter.check_usable(self.options.mode, self.options.comp_tokens, repr(str(path)))
             adapter = adapter.to(device=model.device, dtype=model.dtype).eval()
             adapter.requires_grad_(False)
-            self._adapters[id(model)] = adapter
+            self._adapters[id(model)] = (weakref.ref(model), adapter)  # an id is reused after its model is freed
             return adapter
 
     def validate(self, strategy, model) -> None:

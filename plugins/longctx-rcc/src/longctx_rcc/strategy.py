@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -155,7 +156,7 @@ class RCCStrategy(Strategy):
 
     def __init__(self, options: Optional[RCCOptions] = None, **kwargs: Any):
         super().__init__(options, **kwargs)
-        self._compressors: dict[int, RCCCompressor] = {}
+        self._compressors: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     def validate(self, info: hf_adapter.ModelInfo) -> None:
@@ -178,8 +179,8 @@ class RCCStrategy(Strategy):
         """Load (once per loaded model) and check the compressor for a LoadedModel."""
         with self._lock:
             got = self._compressors.get(id(model))
-            if got is not None:
-                return got
+            if got is not None and got[0]() is model:
+                return got[1]
             fp = model.fingerprint
             path = self.options.compressor or find_shipped(fp)
             if path is None:
@@ -206,7 +207,7 @@ class RCCStrategy(Strategy):
                 )
             comp = comp.to(device=model.device, dtype=model.dtype).eval()
             comp.requires_grad_(False)
-            self._compressors[id(model)] = comp
+            self._compressors[id(model)] = (weakref.ref(model), comp)  # an id is reused after its model is freed
             return comp
 
     def context_window(self, info) -> Optional[int]:
