@@ -18,6 +18,7 @@ from .errors import (
     LongctxError,
     ModelLoadError,
     PluginError,
+    ResourceError,
     SessionError,
     UnsupportedModelError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ModelLoadError",
     "PipelineConfig",
     "PluginError",
+    "ResourceError",
     "SessionError",
     "Strategy",
     "StrategyOptions",

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from . import chat as chat_mod
 from . import registry
 from .config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
-from .errors import ConfigError, ContextWindowError, InputError, SessionError
+from .errors import ConfigError, ContextWindowError, InputError, ResourceError, SessionError
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
 from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
@@ -56,6 +56,22 @@ def _build_plugin(kind: str, spec: PluginSpec, default: str):
         raise ConfigError(f"{kind}: expected a name, a mapping or a {base.__name__}, got {type(spec).__name__}")
     cls, options = validate_plugin_options(kind, spec, kind)
     return cls(options) if options is not None else cls()
+
+
+def _out_of_memory(gen: Iterator[Delta], device, tokens: int, on_oom=None) -> Iterator[Delta]:
+    """Pass ``gen`` through; a device out-of-memory error becomes a :class:`ResourceError` after the allocator's
+    cache is emptied and ``on_oom`` (e.g. dropping a session's half-updated cache) ran, so the next request runs."""
+    try:
+        return (yield from gen)
+    except torch.OutOfMemoryError as e:
+        if on_oom is not None:
+            on_oom()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ResourceError(
+            f"out of memory on {device} for a {tokens}-token prompt ({str(e).splitlines()[0][:160]}); use a strategy "
+            "with a bounded cache (streaming, rcc), a shorter prompt or a smaller dtype"
+        ) from None
 
 
 class TextStream:
@@ -253,9 +269,8 @@ class Engine:
         self.check_fits(len(ids))
         state = state or self.strategy.new_state(loaded, 1)
         tensor = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-        return generate(
-            state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window
-        )
+        gen = generate(state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window)
+        return _out_of_memory(gen, loaded.device, len(ids))
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -524,7 +539,12 @@ class Engine:
                 final = self.tokenize(done, add_special_tokens=False)
             self._end_turn(session, final)
 
-        return gen, on_done, session.lock.release
+        def reset_state() -> None:  # a forward that ran out of memory may have half-updated the cache
+            session.state = self.strategy.new_state(loaded, 1)
+            session.cached_ids = []
+            session.memory.reset()
+
+        return _out_of_memory(gen, loaded.device, len(ids), reset_state), on_done, session.lock.release
 
     def chat(self, messages, session_id: Optional[str] = None, *, tools=None, **gen: Any) -> Completion:
         """Answer a conversation.

@@ -41,3 +41,7 @@ class UnsupportedModelError(LongctxError, ValueError):
 
 class AdapterError(LongctxError, ValueError):
     """Trained adapter weights are missing, corrupted, or made for another model."""
+
+
+class ResourceError(LongctxError, MemoryError):
+    """The device ran out of memory for a request; the engine freed what it could and serves the next one."""

@@ -130,3 +130,31 @@ def test_extend_returns_logits_for_every_token_given(tiny_model):
     e.session("r").token_ids = [5, 6]  # the cache holds more than the conversation: the next tokens are cached too
     out = e.extend("r", [7, 8, 9], end_turn=False, all_logits=True)
     assert out.shape[1] == 3
+
+
+def test_out_of_memory_is_reported_and_the_engine_serves_the_next_request(tiny_model, monkeypatch):
+    import torch
+
+    from longctx_llm import ResourceError
+    from longctx_llm.strategy import KVCacheState
+
+    e = Engine(tiny_model("llama"), generation={"max_new_tokens": 4})
+    e.chat("A first turn.", session_id="s")
+    real = KVCacheState.forward
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second forward of the next request: mid-generation
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(KVCacheState, "forward", flaky)
+    with pytest.raises(ResourceError, match="out of memory"):
+        e.chat("A second turn that runs out of memory.", session_id="s")
+    with pytest.raises(ResourceError):
+        calls["n"] = 1
+        e.complete("stateless too")
+    monkeypatch.setattr(KVCacheState, "forward", real)
+    assert e.chat("And the next one works.", session_id="s").completion_tokens > 0
+    assert e.session("s").state.seen == len(e.session("s").cached_ids)
