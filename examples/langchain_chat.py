@@ -10,8 +10,6 @@ import asyncio
 import logging
 from pathlib import Path
 
-from langchain_core.chat_history import InMemoryChatMessageHistory
-from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
@@ -42,19 +40,24 @@ def main() -> None:
     # 2. Streaming with a stop sequence
     logger.info("stream: %s", "".join(c.text for c in llm.stream("Count from 1 to 10.", stop=["5"])))
 
-    # 3. Model-side sessions: the KV cache of "demo" is kept between turns (only new tokens are fed).
-    store: dict[str, InMemoryChatMessageHistory] = {}
-    chat = RunnableWithMessageHistory(llm, lambda sid: store.setdefault(sid, InMemoryChatMessageHistory()))
-    cfg = {"configurable": {"session_id": "demo"}}  # LangGraph: {"configurable": {"thread_id": ...}} works the same
-    chat.invoke("My name is Ada.", config=cfg)
-    logger.info("session: %s", chat.invoke("What is my name?", config=cfg).content)
+    # 3. A conversation: the messages are yours to keep (LangGraph's checkpointer keeps them per thread_id); passing
+    #    the thread_id makes the model-side KV cache of that thread persist, so each turn feeds only its new tokens.
+    #    (A 135M model follows a conversation's topic but does not reliably recall facts from earlier turns; point the
+    #    pipeline's model.source at a larger local model for that.)
+    cfg = {"configurable": {"thread_id": "demo"}}
+    history = [("human", "What is the capital of France?")]
+    history.append(("ai", llm.invoke(history, config=cfg).content))
+    history.append(("human", "And the capital of Italy?"))
+    logger.info("session: %s", llm.invoke(history, config=cfg).content)
+    logger.info("  tokens the thread's cache holds: %d", len(llm.engine.session("demo").cached_ids))
 
     # 4. Tools: a forced choice is decoded under the tool's argument schema
     call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("What's the weather in Paris?")
     logger.info("tool call: %s", call.tool_calls)
 
     # 5. Structured output
-    logger.info("structured: %r", llm.with_structured_output(Capital).invoke("The capital of Italy?"))
+    text = "Rome is the capital city of Italy."
+    logger.info("structured: %r", llm.with_structured_output(Capital).invoke(f"Extract the country and its capital: {text}"))
 
     # 6. Real async: the event loop keeps running while the model works in a worker thread
     async def two_at_once():
