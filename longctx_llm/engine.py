@@ -25,6 +25,7 @@ from .errors import ConfigError, ContextWindowError, InputError, ResourceError, 
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
 from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
+from .progress import progress_bar
 from .session import Session, check_compatible, check_dtype, read_session, save_session
 from .strategy import Strategy
 
@@ -579,11 +580,13 @@ class Engine:
         state = self.strategy.new_state(loaded, 1)
         ids = ids.to(loaded.device)
         out = []
-        for start in range(0, n - 1, chunk_size):
-            piece = ids[start : min(start + chunk_size, n - 1)]
-            logits = state.forward(piece[None], all_logits=True)[0].float()  # (T, V)
-            targets = ids[start + 1 : start + 1 + piece.numel()]
-            out.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+        with progress_bar(total=n - 1, desc="score", unit="tok", enabled=n - 1 > 2 * chunk_size) as bar:
+            for start in range(0, n - 1, chunk_size):
+                piece = ids[start : min(start + chunk_size, n - 1)]
+                logits = state.forward(piece[None], all_logits=True)[0].float()  # (T, V)
+                targets = ids[start + 1 : start + 1 + piece.numel()]
+                out.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+                bar.update(piece.numel())
         return torch.cat(out).cpu()
 
     def perplexity(self, ids, **kwargs: Any) -> float:
