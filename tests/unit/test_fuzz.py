@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from longctx_llm import Engine, LongctxError
 from longctx_llm.config import parse_config
 
-EXAMPLES = int(os.environ.get("LONGCTX_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("LONGCTX_FUZZ_EXAMPLES", "25"))
 pytestmark = pytest.mark.fuzz
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
