@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--dialogues", type=int, default=20)
     p.add_argument("--filler-tokens", type=int, default=48, help="tokens of each filler user line")
     p.add_argument("--footprint", default="10,50,100", help="turns for the bytes/latency table ('' to skip)")
+    p.add_argument("--adapter", default=None, help="CCM adapter directory (default: the shipped one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         return tok.decode(ids[s : s + args.filler_tokens]).replace("\n", " ").strip()
 
     engines = {
-        "ccm": Engine(loaded, memory={"name": "ccm", "comp_tokens": 2}),
+        "ccm": Engine(loaded, memory={"name": "ccm", "comp_tokens": 2, "adapter": args.adapter}),
         "text": Engine(loaded, memory={"name": "buffer"}),
     }
     ks = [int(k) for k in args.ks.split(",") if k.strip()]

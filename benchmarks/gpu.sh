@@ -4,8 +4,11 @@
 # then runs one step:
 #   bash benchmarks/gpu.sh train      train the CCM adapter (GPU 0) and the RCC compressor (GPU 1) in parallel,
 #                                     each for $BUDGET seconds; pack the adapters into $OUT (parts of 15 MB)
+#                                     (4 GPUs: also the full-encoder RCC with RCC_FULL_ARGS, and `bench` if BENCH_BESIDE)
+#   bash benchmarks/gpu.sh quality    the adapters just trained (/root/train) through the inference path: RCC gap and
+#                                     recall against the shipped compressor, CCM gap and chat fact recall
 #   bash benchmarks/gpu.sh bench      speed and memory (RCC vs plain vs DCA, SmolLM2 and an 8B-shaped model, 8k..1M),
-#                                     the 1M-token stream with default options, CCM/RCC quality with more samples
+#                                     the 1M-token stream with default options, out of memory on the GPU
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
@@ -21,19 +24,48 @@ pack() {  # pack FOLDER NAME: the folder's files (checkpoint excluded) as NAME.t
 case "${1:-}" in
   train)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    N=$(nvidia-smi -L | wc -l)
     COMMON=(--model "$MODEL" --model-name smollm2-135m-instruct --data "$TEXT" --steps 100000 --time-budget "$BUDGET")
     CUDA_VISIBLE_DEVICES=0 longctx train ccm "${COMMON[@]}" --out $W/ccm --batch 32 --segments 5 \
       --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25 --modes concat,merge \
       --merge-share 0.25 --rank 32 --targets attention,mlp --lr 5e-4 --save-every 400 ${CCM_ARGS:-} \
       > $W/ccm.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 longctx train rcc "${COMMON[@]}" --out $W/rcc --batch 16 --window 1024 --ratio 32 \
-      --windows 1,1,2 --encoder lora --encoder-rank 16 --encoder-targets attention,mlp --slot-rank 16 \
-      --lr 5e-4 --save-every 400 ${RCC_ARGS:-} > $W/rcc.log 2>&1 &
+    RCC=(--batch 16 --window 1024 --ratio 32 --windows 1,1,2 --encoder-rank 16 --encoder-targets attention,mlp
+         --slot-rank 16 --lr 5e-4 --save-every 400)
+    CUDA_VISIBLE_DEVICES=1 longctx train rcc "${COMMON[@]}" --out $W/rcc "${RCC[@]}" --encoder lora ${RCC_ARGS:-} \
+      > $W/rcc.log 2>&1 &
+    # more GPUs: the full-encoder comparison (RCC_FULL_ARGS), then `bench` beside the training
+    if [ "$N" -ge 3 ] && [ -n "${RCC_FULL_ARGS:-}" ]; then
+      CUDA_VISIBLE_DEVICES=2 longctx train rcc "${COMMON[@]}" --out $W/rcc-full "${RCC[@]}" --encoder full \
+        ${RCC_FULL_ARGS} > $W/rcc-full.log 2>&1 &
+    fi
+    if [ "$N" -ge 4 ] && [ -n "${BENCH_BESIDE:-}" ]; then
+      (CUDA_VISIBLE_DEVICES=3 OUT=$W/bench-out bash benchmarks/gpu.sh bench > $W/bench.log 2>&1) &
+    fi
     wait
-    grep -v -i "warn\|Loading" $W/ccm.log | tail -40; grep -v -i "warn\|Loading" $W/rcc.log | tail -30
-    cp $W/ccm.log $W/rcc.log "$OUT/"
+    for f in ccm rcc rcc-full; do [ -f $W/$f.log ] && { echo "== $f"; grep -v -i "warn\|Loading" $W/$f.log | tail -25; }; done
+    [ -f $W/bench.log ] && { echo "== bench"; tail -60 $W/bench.log; }
     [ -f $W/ccm/adapter.json ] && pack $W/ccm ccm
     [ -f $W/rcc/adapter.json ] && pack $W/rcc rcc
+    # logs, the cards of every run (the full encoder's weights are too large to bring back) and the bench's files
+    (cd $W && tar -cf "$OUT/logs.tar" --ignore-failed-read *.log */adapter.json bench-out 2>/dev/null)
+    ls -la "$OUT"
+    ;;
+  quality)  # the freshly trained adapters in /root/train through the inference path, on the GPU
+    mkdir -p $W/quality
+    printf 'model: {source: %s}\nstrategy: {name: rcc, compressor: %s}\n' "$MODEL" $W/rcc > $W/quality/rcc-new.yaml
+    printf 'model: {source: %s}\nstrategy: {name: rcc}\n' "$MODEL" > $W/quality/rcc-shipped.yaml
+    [ -f $W/rcc-full/adapter.json ] && printf 'model: {source: %s}\nstrategy: {name: rcc, compressor: %s}\n' \
+      "$MODEL" $W/rcc-full > $W/quality/rcc-full.yaml
+    P=$(ls $W/quality/rcc-*.yaml | paste -sd,)
+    timeout 300 python3 -m longctx_llm.cli eval compare --pipelines "$P" --suite gap,recall --text "$TEXT" \
+      --split heldout --context 1024,4096 --samples ${SAMPLES:-128} --out $W/quality/rcc 2>&1 | grep -v -i warn | tail -14
+    printf 'model: {source: %s}\nmemory: {name: ccm, adapter: %s}\n' "$MODEL" $W/ccm > $W/quality/ccm-new.yaml
+    timeout 150 python3 -m longctx_llm.cli eval gap $W/quality/ccm-new.yaml --text "$TEXT" --split heldout \
+      --context 512 --samples ${SAMPLES:-128} --turn-tokens 128 --json > $W/quality/ccm-gap.json; tail -c 600 $W/quality/ccm-gap.json
+    timeout 150 python3 benchmarks/ccm_chat.py --model "$MODEL" --adapter $W/ccm --text "$TEXT" --split heldout \
+      --dialogues 40 --ks 1,5,20 --footprint '' --device cuda --out $W/quality/ccm-chat 2>&1 | grep -v -i warn | tail -12
+    (cd $W && tar -cf "$OUT/quality.tar" quality)
     ls -la "$OUT"
     ;;
   bench)
@@ -44,11 +76,7 @@ case "${1:-}" in
     printf 'model: {source: %s}\nstrategy: {name: streaming}\n' "$MODEL" > /tmp/stream.yaml
     longctx eval stream /tmp/stream.yaml --text "$TEXT" --tokens 1048576 --every 262144 --json > "$OUT/stream_default.json"
     cat "$OUT/stream_default.json"
-    for p in rcc ccm-concat-k2; do sed "s#smollm2-135m-instruct#$MODEL#" benchmarks/pipelines/$p.yaml > /tmp/$p.yaml; done
-    longctx eval compare --pipelines /tmp/rcc.yaml --suite gap,recall --text "$TEXT" --split heldout \
-      --context 1024,4096 --samples 256 --out "$OUT/rcc-quality" 2>&1 | tail -12
-    longctx eval gap /tmp/ccm-concat-k2.yaml --text "$TEXT" --split heldout --context 512 --samples 256 \
-      --turn-tokens 128 --json > "$OUT/ccm-gap.json"; cat "$OUT/ccm-gap.json"
+    python3 benchmarks/gpu_oom.py --model "$MODEL" 2>&1 | grep -v -i warn | tail -8
     ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
                               max_positions=131072)
         from longctx_rcc.compressor import RCCCompressor
 
-        comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16)
+        comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16, reader_rank=16)
         path = Path(tempfile.mkdtemp()) / "random-compressor"
         comp.save(path, {"base_model": {"name": "random", **files.model_facts(loaded.model)}})
         rcc = {"name": "rcc", "compressor": str(path)}

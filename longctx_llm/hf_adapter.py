@@ -460,6 +460,46 @@ class ForwardHooks:
     final_norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
+def combined(*hooks: Optional[ForwardHooks]) -> Optional[ForwardHooks]:
+    """One :class:`ForwardHooks` applying each of ``hooks`` in turn (None entries skipped; None if none is left).
+
+    Projection hooks run for the projections each one lists; layer-output and embedding hooks chain; at most one
+    may record the final norm."""
+    parts = [h for h in hooks if h is not None]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    norms = [h.final_norm for h in parts if h.final_norm is not None]
+    if len(norms) > 1:
+        raise ValueError("combined: more than one hook records the final norm")
+    with_proj = [h for h in parts if h.projection is not None]
+    with_layer = [h for h in parts if h.layer_output is not None]
+    with_emb = [h for h in parts if h.embedding is not None]
+
+    def projection(i: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        for h in with_proj:
+            if name in h.projections:
+                out = h.projection(i, name, x, out)
+        return out
+
+    def layer_output(i: int, h: torch.Tensor) -> torch.Tensor:
+        for part in with_layer:
+            h = part.layer_output(i, h)
+        return h
+
+    def embedding(e: torch.Tensor) -> torch.Tensor:
+        for part in with_emb:
+            e = part.embedding(e)
+        return e
+
+    return ForwardHooks(
+        projections=tuple(dict.fromkeys(n for h in with_proj for n in h.projections)),
+        projection=projection if with_proj else None,
+        layer_output=layer_output if with_layer else None,
+        embedding=embedding if with_emb else None,
+        final_norm=norms[0] if norms else None,
+    )
+
+
 def _replace_output(out, fn):
     if isinstance(out, tuple):
         return (fn(out[0]), *out[1:])

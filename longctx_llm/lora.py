@@ -68,10 +68,16 @@ class LoRA(nn.Module):
             x = nn.functional.dropout(x, self.dropout)
         return (x.to(a.dtype) @ a.t()) @ b.t() * self.scale
 
-    def hooks(self, index: Optional[torch.Tensor] = None) -> hf_adapter.ForwardHooks:
-        """Hooks adding the delta at positions ``index`` (T_sel,) of every row, or everywhere when None."""
+    def hooks(self, index: Optional[torch.Tensor] = None, start: Optional[int] = None) -> hf_adapter.ForwardHooks:
+        """Hooks adding the delta at positions ``index`` (T_sel,) of every row, at positions ``start..`` of every
+        row, or everywhere when both are None."""
+        if index is not None and start is not None:
+            raise ValueError("LoRA.hooks: give index or start, not both")
 
         def projection(layer: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            if start is not None:
+                d = self.delta(layer, name, x[:, start:]).to(out.dtype)
+                return torch.cat([out[:, :start], out[:, start:] + d], dim=1)
             if index is None:
                 return out + self.delta(layer, name, x).to(out.dtype)
             d = self.delta(layer, name, x[:, index]).to(out.dtype)  # (B, T_sel, out)

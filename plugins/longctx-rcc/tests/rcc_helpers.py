@@ -11,6 +11,7 @@ from longctx_rcc.strategy import RCCState
 
 def random_compressor(loaded, ratio=4, window=16, seed=0, **kw) -> RCCCompressor:
     torch.manual_seed(seed)
+    kw.setdefault("reader_rank", 4)
     comp = RCCCompressor(loaded.model, ratio=ratio, window=window, encoder_rank=4, slot_rank=4, **kw)
     with torch.no_grad():
         for name, p in comp.named_parameters():

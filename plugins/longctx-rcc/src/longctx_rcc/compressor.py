@@ -10,12 +10,15 @@
   after decoder layer i (per-layer residual injection). Identity and zero initialised: an untrained compressor
   starts as "the encoder's embedding output, nothing injected".
 - **Slot LoRA** (optional, ``slot_rank`` > 0): a conditional LoRA on the decoder active only at slot positions (how
-  the slots present their keys/values to the text), as CCM does for its COMP tokens. Text positions always run the
-  unchanged model, so a prompt shorter than one window is answered exactly as plain attention answers it.
+  the slots present their keys/values to the text), as CCM does for its COMP tokens.
+- **Reader LoRA** (optional, ``reader_rank`` > 0): a LoRA on the decoder at the text positions of a pass that reads
+  slots (the reference trains its decoder too; a frozen decoder reads one key/value per slot per head and can hardly
+  spell out the 32 tokens behind it). Text read with no slot before it (a prompt shorter than one window) always runs
+  the unchanged model, so such a prompt is answered exactly as plain attention answers it.
 
 Tensors of a longctx adapter directory: ``encoder_lora.layers.{i}.{proj}.lora_{A,B}`` (or ``encoder.{name}`` for
-a full encoder), ``embed_bridge`` (H, H), ``layer_bridges.{i}`` (H, H), ``slot_lora.layers...``. The card's
-``config`` holds ``encoder``, ``ratio``, ``window``, ranks and projections.
+a full encoder), ``embed_bridge`` (H, H), ``layer_bridges.{i}`` (H, H), ``slot_lora.layers...``,
+``reader_lora.layers...``. The card's ``config`` holds ``encoder``, ``ratio``, ``window``, ranks and projections.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class RCCCompressor(nn.Module):
         encoder_projections: Sequence[str] = ("attention",),
         slot_rank: int = 0,
         slot_projections: Sequence[str] = ("attention",),
+        reader_rank: int = 0,
+        reader_projections: Sequence[str] = ("attention", "mlp"),
         encoder_model=None,
     ):
         super().__init__()
@@ -70,6 +75,9 @@ class RCCCompressor(nn.Module):
         for b in self.layer_bridges:
             nn.init.zeros_(b.weight)
         self.slot_lora = LoRA(model, slot_projections, slot_rank, float(slot_rank)) if slot_rank > 0 else None
+        self.reader_lora = (
+            LoRA(model, reader_projections, reader_rank, float(reader_rank)) if reader_rank > 0 else None
+        )
         self.card: dict[str, Any] = {}
 
     @property
@@ -82,6 +90,8 @@ class RCCCompressor(nn.Module):
             "encoder_projections": list(self.encoder_lora.projections) if self.encoder_lora is not None else [],
             "slot_rank": self.slot_lora.rank if self.slot_lora is not None else 0,
             "slot_projections": list(self.slot_lora.projections) if self.slot_lora is not None else [],
+            "reader_rank": self.reader_lora.rank if self.reader_lora is not None else 0,
+            "reader_projections": list(self.reader_lora.projections) if self.reader_lora is not None else [],
         }
 
     # ---- the two halves ------------------------------------------------------------------------------------
@@ -102,7 +112,8 @@ class RCCCompressor(nn.Module):
 
     def decoder_hooks(self, states: torch.Tensor, slots: Optional[int] = None) -> hf_adapter.ForwardHooks:
         """Hooks of a decoder pass whose first ``slots`` positions (all, when None) are these slots (B, P, L+1, H):
-        after layer i, add ``layer_bridges[i]`` of state i + 1 there; the slot LoRA at those positions."""
+        after layer i, add ``layer_bridges[i]`` of state i + 1 there; the slot LoRA at those positions; the reader
+        LoRA at the text positions after them."""
 
         def layer_output(i: int, h: torch.Tensor) -> torch.Tensor:
             bridge = self.layer_bridges[i].weight
@@ -111,12 +122,29 @@ class RCCCompressor(nn.Module):
                 return h + add
             return torch.cat([h[:, :slots] + add, h[:, slots:]], dim=1)
 
-        hooks = hf_adapter.ForwardHooks(layer_output=layer_output)
+        bridges = hf_adapter.ForwardHooks(layer_output=layer_output)
+        slot = None
         if self.slot_lora is not None:
-            index = None if slots is None else torch.arange(slots, device=states.device)
-            lora = self.slot_lora.hooks(index)
-            hooks.projections, hooks.projection = lora.projections, lora.projection
-        return hooks
+            slot = self.slot_lora.hooks(None if slots is None else torch.arange(slots, device=states.device))
+        reader = self.reader_lora.hooks(start=slots) if self.reader_lora is not None and slots is not None else None
+        return hf_adapter.combined(bridges, slot, reader)
+
+    def reader_hooks(self) -> Optional[hf_adapter.ForwardHooks]:
+        """Hooks of a decoder pass over text that reads slots (None without a reader LoRA)."""
+        return self.reader_lora.hooks() if self.reader_lora is not None else None
+
+    def merge_encoder_lora(self, source: "RCCCompressor") -> None:
+        """Set this full encoder to the model plus ``source``'s encoder LoRA, merged into the weights (so a full
+        encoder can continue from a trained LoRA encoder)."""
+        if self.encoder is None or source.encoder_lora is None:
+            raise AdapterError("merge_encoder_lora: needs a full encoder here and a LoRA encoder in the source")
+        lora = source.encoder_lora
+        with torch.no_grad():
+            for i in range(lora.num_layers):
+                for name in lora.projections:
+                    lin = hf_adapter.projection(self.encoder, i, name)
+                    a, b = lora.named_weights()[f"layers.{i}.{name}.lora_A"], lora.named_weights()[f"layers.{i}.{name}.lora_B"]
+                    lin.weight += (b.float() @ a.float() * lora.scale).to(device=lin.weight.device, dtype=lin.weight.dtype)
 
     # ---- files -----------------------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -129,6 +157,8 @@ class RCCCompressor(nn.Module):
             out.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
         if self.slot_lora is not None:
             out.update({f"slot_lora.{k}": v for k, v in self.slot_lora.named_weights().items()})
+        if self.reader_lora is not None:
+            out.update({f"reader_lora.{k}": v for k, v in self.reader_lora.named_weights().items()})
         return out
 
     def trainable(self) -> dict[str, torch.Tensor]:
@@ -157,6 +187,8 @@ class RCCCompressor(nn.Module):
                 encoder_projections=list(cfg.get("encoder_projections") or ["attention"]),
                 slot_rank=int(cfg.get("slot_rank") or 0),
                 slot_projections=list(cfg.get("slot_projections") or ["attention"]),
+                reader_rank=int(cfg.get("reader_rank") or 0),
+                reader_projections=list(cfg.get("reader_projections") or ["attention", "mlp"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise AdapterError(f"compressor card {where}: bad config {cfg!r}: {e}") from e
@@ -179,8 +211,9 @@ class RCCCompressor(nn.Module):
                 self.encoder.load_state_dict(
                     {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True
                 )
-            if self.slot_lora is not None:
-                self.slot_lora.load_named({k[len("slot_lora."):]: v for k, v in tensors.items() if k.startswith("slot_lora.")})
+            for prefix, lora in (("slot_lora.", self.slot_lora), ("reader_lora.", self.reader_lora)):
+                if lora is not None:
+                    lora.load_named({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def find_shipped(fingerprint: Optional[str]) -> Optional[Path]:

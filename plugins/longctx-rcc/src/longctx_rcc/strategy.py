@@ -2,7 +2,8 @@
 
 The text is cut into windows of W tokens. The decoder's cache holds ``[slots of complete windows][the current
 window's tokens]``: a token at text position i is read with the slots of windows ``0 .. i // W - 1`` (W / ratio
-each, at positions ``0 .. P-1``) and its own window's earlier tokens (at ``P ..``). When text arrives past a complete
+each, at positions ``0 .. P-1``) and its own window's earlier tokens (at ``P ..``), through the compressor's reader
+LoRA when it has one. When text arrives past a complete
 window, that window is encoded and its raw entries give way to its slots, so memory grows ``ratio`` times slower
 than the text. A long prompt's complete windows are encoded in batches (``encode_batch`` windows per encoder pass)
 and never run raw through the decoder unless their logits are asked for (scoring).
@@ -76,6 +77,10 @@ class RCCState(StrategyState):
             emb = self.compressor.slot_inputs(part, self.model.dtype)
             self.decoder.forward(None, inputs_embeds=emb, hooks=self.compressor.decoder_hooks(part))
 
+    def _reader(self):
+        """Hooks for text read after slots (the compressor's reader LoRA); None before the first slot."""
+        return self.compressor.reader_hooks() if self.windows else None
+
     # ---- the strategy contract -----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask=None, *, all_logits=False, inputs_embeds=None, hooks=None):
@@ -101,7 +106,7 @@ class RCCState(StrategyState):
                 pos = stop  # a window completed inside this input: encoded when the next one starts, never run raw
                 continue
             piece = torch.tensor([self.text[pos:stop]], device=self.model.device)
-            last = self.decoder.forward(piece, all_logits=all_logits)
+            last = self.decoder.forward(piece, all_logits=all_logits, hooks=self._reader())
             if all_logits:
                 outs.append(last)
             pos = stop
@@ -120,7 +125,7 @@ class RCCState(StrategyState):
             del self.text[length:]
             self.seen = length
             if raw:
-                self.decoder.forward(torch.tensor([raw], device=self.model.device))
+                self.decoder.forward(torch.tensor([raw], device=self.model.device), hooks=self._reader())
             return
         self.decoder.rewind(self.slots + (length - self.windows * W))
         del self.text[length:]

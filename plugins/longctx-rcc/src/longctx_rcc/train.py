@@ -85,16 +85,22 @@ class Sampler:
 
 @torch.no_grad()
 def heldout(model, comp, sampler: Sampler, samples: int, batch: int = 8, seed: int = 1234) -> dict[str, float]:
-    """Held-out figures at one window of context: gap closed on the continuation, reconstruction accuracy."""
+    """Held-out figures at one window of context: gap closed on the continuation, reconstruction accuracy.
+
+    ``swapped``: the same figures with each sample reading another sample's slots, the control that shows how much
+    of the gain comes from the context rather than from the decoder LoRAs alone (they also see this text)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    nll = {"none": [], "rcc": [], "full": []}
-    acc = {"none": [], "rcc": [], "full": []}
+    nll = {"none": [], "rcc": [], "full": [], "swapped": []}
+    acc = {"none": [], "rcc": [], "full": [], "swapped": []}
     for i in range(0, samples, batch):
         b = min(batch, samples - i)
         ctx, cont = (t.to(device) for t in sampler.continuation(b, 1, gen))
         states = encode_context(model, comp, ctx)
         nll["rcc"].append(text_nll(model, decoder_pass(model, comp, states, cont), cont, states.shape[1], 1).flatten())
+        if b > 1:
+            other = states.roll(1, dims=0)
+            nll["swapped"].append(text_nll(model, decoder_pass(model, comp, other, cont), cont, other.shape[1], 1).flatten())
         logits = model(input_ids=cont).logits[:, :-1].float()
         nll["none"].append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont[:, 1:], reduction="none").flatten())
         full = torch.cat([ctx, cont], 1)
@@ -106,18 +112,27 @@ def heldout(model, comp, sampler: Sampler, samples: int, batch: int = 8, seed: i
         P = states.shape[1]
         pred = model.get_output_embeddings()(h[:, P + first - 1 : P + text.shape[1] - 1]).argmax(-1)
         acc["rcc"].append((pred == text[:, first:]).float().flatten())
+        if b > 1:
+            h = decoder_pass(model, comp, states.roll(1, dims=0), text)
+            pred = model.get_output_embeddings()(h[:, P + first - 1 : P + text.shape[1] - 1]).argmax(-1)
+            acc["swapped"].append((pred == text[:, first:]).float().flatten())
         pred = model(input_ids=text).logits[:, first - 1 : -1].argmax(-1)
         acc["none"].append((pred == text[:, first:]).float().flatten())
         full = torch.cat([ctx, text], 1)
         pred = model(input_ids=full).logits[:, ctx.shape[1] + first - 1 : -1].argmax(-1)
         acc["full"].append((pred == text[:, first:]).float().flatten())
-    ppl = {k: math.exp(torch.cat(v).mean().item()) for k, v in nll.items()}
-    accuracy = {k: round(torch.cat(v).mean().item(), 4) for k, v in acc.items()}
-    gap = (ppl["none"] - ppl["rcc"]) / (ppl["none"] - ppl["full"]) if ppl["none"] != ppl["full"] else float("nan")
+    ppl = {k: math.exp(torch.cat(v).mean().item()) if v else float("nan") for k, v in nll.items()}
+    accuracy = {k: round(torch.cat(v).mean().item(), 4) if v else float("nan") for k, v in acc.items()}
+
+    def gap(p: float) -> float:
+        return round((ppl["none"] - p) / (ppl["none"] - ppl["full"]), 4) if ppl["none"] != ppl["full"] else float("nan")
+
     return {
         "context_tokens": sampler.window, "ppl_none": round(ppl["none"], 4), "ppl_rcc": round(ppl["rcc"], 4),
-        "ppl_full": round(ppl["full"], 4), "gap_closed": round(gap, 4), "recall_span": sampler.span,
+        "ppl_full": round(ppl["full"], 4), "gap_closed": gap(ppl["rcc"]), "recall_span": sampler.span,
         "recall_cue": sampler.cue, "acc_none": accuracy["none"], "acc_rcc": accuracy["rcc"], "acc_full": accuracy["full"],
+        "ppl_swapped": round(ppl["swapped"], 4), "gap_closed_swapped": gap(ppl["swapped"]),
+        "acc_swapped": accuracy["swapped"],
     }
 
 
@@ -143,8 +158,11 @@ class RCCTrainer:
         p.add_argument("--encoder-rank", type=int, default=16)
         p.add_argument("--encoder-targets", default="attention,mlp")
         p.add_argument("--slot-rank", type=int, default=16, help="conditional LoRA at slot positions (0: none)")
+        p.add_argument("--reader-rank", type=int, default=16, help="LoRA at text positions that read slots (0: none)")
+        p.add_argument("--reader-targets", default="attention,mlp")
         p.add_argument("--lr", type=float, default=3e-4)
         p.add_argument("--bridge-lr", type=float, default=None, help="learning rate of the bridges (default: --lr)")
+        p.add_argument("--encoder-lr", type=float, default=None, help="learning rate of a full encoder (default: --lr)")
         p.add_argument("--warmup", type=int, default=100)
         p.add_argument("--eval-samples", type=int, default=128)
 
@@ -167,18 +185,20 @@ class RCCTrainer:
         targets = [t.strip() for t in args.encoder_targets.split(",") if t.strip()]
         comp = RCCCompressor(
             model, encoder=args.encoder, ratio=args.ratio, window=args.window, encoder_rank=args.encoder_rank,
-            encoder_projections=targets, slot_rank=args.slot_rank,
+            encoder_projections=targets, slot_rank=args.slot_rank, reader_rank=args.reader_rank,
+            reader_projections=[t.strip() for t in args.reader_targets.split(",") if t.strip()],
         ).to(device)
         if comp.encoder is not None:
             comp.encoder.float().requires_grad_(True)
         params = comp.trainable()
         bridge = [p for k, p in params.items() if "bridge" in k]
-        rest = [p for k, p in params.items() if "bridge" not in k]
-        blr = args.bridge_lr or args.lr
-        opt = torch.optim.AdamW(
-            [{"params": rest, "lr": args.lr, "peak": args.lr}, {"params": bridge, "lr": blr, "peak": blr}],
-            weight_decay=0.0, betas=(0.9, 0.98),
-        )
+        full = [p for k, p in params.items() if k.startswith("encoder.")]
+        rest = [p for k, p in params.items() if "bridge" not in k and not k.startswith("encoder.")]
+        blr, elr = args.bridge_lr or args.lr, args.encoder_lr or args.lr
+        groups = [{"params": rest, "lr": args.lr, "peak": args.lr}, {"params": bridge, "lr": blr, "peak": blr}]
+        if full:
+            groups.append({"params": full, "lr": elr, "peak": elr})
+        opt = torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
         out = Path(args.out).expanduser()
         ckpt = training.Checkpoint(out)
         start, meta = 0, {}
@@ -187,9 +207,15 @@ class RCCTrainer:
             logger.warning("resuming from %s at step %d", ckpt.path, start)
         elif args.init:
             init = RCCCompressor.load(args.init, model, loaded.fingerprint)
+            missing = sorted(set(init.trainable()) - set(params))
+            if missing and not (comp.encoder is not None and init.encoder_lora is not None):
+                raise InputError(f"--init {args.init}: its tensors {missing[:3]}... have no place in this compressor")
             with torch.no_grad():
                 for k, v in init.trainable().items():
-                    params[k].copy_(v.to(params[k].dtype))
+                    if k in params:
+                        params[k].copy_(v.to(params[k].dtype))
+            if comp.encoder is not None and init.encoder_lora is not None:
+                comp.merge_encoder_lora(init.to(device))  # a full encoder continuing from a LoRA one
             start = int((init.card.get("training") or {}).get("steps", 0))
             meta = {"tokens": (init.card.get("training") or {}).get("tokens", 0),
                     "wall_time_s": (init.card.get("training") or {}).get("wall_time_s", 0.0)}
@@ -244,7 +270,7 @@ class RCCTrainer:
             "training": {
                 "steps": step, "batch": args.batch, "windows": n_windows, "continuation": args.continuation,
                 "cue": args.cue, "span": args.span, "recon_share": args.recon_share, "lr": args.lr,
-                "bridge_lr": blr, "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
+                "bridge_lr": blr, "encoder_lr": elr if full else None, "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
                 "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
                 "command": training.command_line("rcc", args),
             },
