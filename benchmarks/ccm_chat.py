@@ -77,7 +77,7 @@ def score(engine, turns, question, answer) -> tuple[float, float]:
     word = engine.tokenize(" " + answer.split("is ", 1)[1].rstrip("."), add_special_tokens=False)
     start = len(query) - 1 - len(word)  # the answer ends with "."
     assert query[start : start + len(word)] == word, "the answer's tokens do not end with the word and a full stop"
-    tgt = torch.tensor(query[start : start + len(word)])
+    tgt = torch.tensor(query[start : start + len(word)], device=logits.device)
     lg = logits[start - 1 : start - 1 + len(word)]
     return (lg.argmax(-1) == tgt).float().mean().item(), torch.nn.functional.cross_entropy(lg, tgt).item()
 

@@ -40,7 +40,8 @@ case "${1:-}" in
         ${RCC_FULL_ARGS} > $W/rcc-full.log 2>&1 &
     fi
     if [ "$N" -ge 4 ] && [ -n "${BENCH_BESIDE:-}" ]; then
-      (CUDA_VISIBLE_DEVICES=3 OUT=$W/bench-out bash benchmarks/gpu.sh bench > $W/bench.log 2>&1) &
+      (CUDA_VISIBLE_DEVICES=3 OUT=$W/bench-out timeout "${BENCH_LIMIT:-470}" bash benchmarks/gpu.sh bench \
+        > $W/bench.log 2>&1) &
     fi
     wait
     for f in ccm rcc rcc-full; do [ -f $W/$f.log ] && { echo "== $f"; grep -v -i "warn\|Loading" $W/$f.log | tail -25; }; done
@@ -54,7 +55,6 @@ case "${1:-}" in
   quality)  # the freshly trained adapters in /root/train through the inference path, on the GPU
     mkdir -p $W/quality
     printf 'model: {source: %s}\nstrategy: {name: rcc, compressor: %s}\n' "$MODEL" $W/rcc > $W/quality/rcc-new.yaml
-    printf 'model: {source: %s}\nstrategy: {name: rcc}\n' "$MODEL" > $W/quality/rcc-shipped.yaml
     [ -f $W/rcc-full/adapter.json ] && printf 'model: {source: %s}\nstrategy: {name: rcc, compressor: %s}\n' \
       "$MODEL" $W/rcc-full > $W/quality/rcc-full.yaml
     P=$(ls $W/quality/rcc-*.yaml | paste -sd,)
@@ -68,15 +68,15 @@ case "${1:-}" in
     (cd $W && tar -cf "$OUT/quality.tar" quality)
     ls -la "$OUT"
     ;;
-  bench)
+  bench)  # shortest first: a time limit cuts the longest (the 8B shape at 1M tokens)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-    python3 benchmarks/rcc_speed.py --lengths 8192,32768,131072 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
-    python3 benchmarks/rcc_speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
-      --lengths 8192,32768,131072,524288,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -18
+    python3 benchmarks/gpu_oom.py --model "$MODEL" 2>&1 | grep -v -i warn | tail -8
     printf 'model: {source: %s}\nstrategy: {name: streaming}\n' "$MODEL" > /tmp/stream.yaml
     longctx eval stream /tmp/stream.yaml --text "$TEXT" --tokens 1048576 --every 262144 --json > "$OUT/stream_default.json"
     cat "$OUT/stream_default.json"
-    python3 benchmarks/gpu_oom.py --model "$MODEL" 2>&1 | grep -v -i warn | tail -8
+    python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 8192,32768,131072,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+    python3 benchmarks/rcc_speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
+      --lengths 8192,32768,131072,524288,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -18
     ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;

@@ -30,6 +30,7 @@ from longctx_llm.models import ModelHandle  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=("smollm2", "llama-8b"), default="smollm2")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model of the smollm2 shape (alias or GGUF/HF path)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (llama-8b shape; default: SmolLM2's)")
     add_model_shape_args(p)
     p.add_argument("--lengths", default="8192,32768,131072")
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.shape == "smollm2":
-        loaded = ModelHandle("smollm2-135m-instruct", device=args.device).get()
+        loaded = ModelHandle(args.model, device=args.device).get()
         rcc = {"name": "rcc"}
     else:
         from transformers import AutoTokenizer
