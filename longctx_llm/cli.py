@@ -1,4 +1,4 @@
-"""The ``longctx`` command: run, chat, plugins, validate, schema, eval (ppl, stream)."""
+"""The ``longctx`` command: run, chat, serve, plugins, validate, schema, eval (ppl, stream)."""
 
 from __future__ import annotations
 
@@ -283,6 +283,29 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+SERVE_INSTALL = "pip install -e integrations/longctx-serve"
+
+
+def _cmd_serve(args) -> int:
+    """``longctx serve``: the OpenAI-compatible server lives in its own distribution (FastAPI, uvicorn)."""
+    try:
+        from longctx_serve.cli import serve_pipeline
+    except ImportError as e:
+        missing = e.name or "longctx_serve"
+        raise LongctxError(
+            f"longctx serve needs the server package, which is not installed (missing module {missing!r}): "
+            f"{SERVE_INSTALL}"
+        ) from None
+    return serve_pipeline(
+        args.pipeline,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        model_name=args.model_name,
+        max_sessions=args.max_sessions,
+    )
+
+
 def _cmd_train(args) -> int:
     """``longctx train NAME ...``: a trainer plugin (entry-point group ``longctx_llm.trainers``) parses the rest."""
     trainer = registry.get("trainer", args.trainer)
@@ -309,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 examples (pipelines in examples/pipelines/):
   longctx run examples/pipelines/quickstart.yaml --prompt "What is the capital of France?"
   longctx chat examples/pipelines/ccm_chat.yaml
+  longctx serve examples/pipelines/quickstart.yaml --port 8000   OpenAI-compatible server
   longctx plugins rcc                      options of a plugin, with defaults
   longctx eval compare --pipelines a.yaml,b.yaml --suite ppl,speed --text tests/data/pydocs_tutorial.txt
 """,
@@ -328,6 +352,22 @@ examples (pipelines in examples/pipelines/):
     )
     c.add_argument("pipeline")
     c.set_defaults(fn=_cmd_chat)
+
+    sv = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server for a pipeline (needs: " + SERVE_INSTALL + ")",
+        description="Serve a pipeline over an OpenAI-compatible API: /v1/chat/completions (streaming, tools, "
+        "response_format), /v1/completions, /v1/models, /health. A session id (header X-Session-Id, else the "
+        "request's 'user') keeps a conversation's cache between requests.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sv.add_argument("pipeline", help="YAML pipeline file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $LONGCTX_API_KEY)")
+    sv.add_argument("--model-name", default=None, help="the model name clients send (default: the pipeline's model)")
+    sv.add_argument("--max-sessions", type=int, default=256, help="sessions kept (least recently used dropped)")
+    sv.set_defaults(fn=_cmd_serve)
 
     pl = sub.add_parser("plugins", help="list installed strategies, memories and components (or describe one)")
     pl.add_argument("name", nargs="?", help="a plugin's name: print what it does and its options with defaults")

@@ -70,3 +70,13 @@ def test_validate_checks_that_the_model_exists(tmp_path, capsys):
     p.write_text(f"model: {{source: {tmp_path / 'missing-model'}}}\n")
     assert cli.main(["validate", str(p)]) == 2
     assert "missing-model" in capsys.readouterr().err
+
+
+def test_serve_without_the_server_package_is_one_clear_error(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "longctx_serve.cli", None)  # as if longctx-serve were not installed
+    assert main(["serve", "examples/pipelines/quickstart.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: longctx serve needs the server package") and len(err.strip().splitlines()) == 1
+    assert "pip install -e integrations/longctx-serve" in err

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Sequence, Union
 
@@ -29,9 +28,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from longctx_llm import Engine, aio, guided
+from longctx_llm import Engine, aio, guided, turns
 from longctx_llm import tools as tools_mod
-from longctx_llm.chat import normalize_messages, render
 from longctx_llm.errors import InputError
 from longctx_llm.models import DEFAULT_MODEL
 
@@ -56,28 +54,7 @@ CALL_OPTIONS = (
 STRUCTURED_METHODS = ("json_schema", "function_calling", "json_mode")
 
 
-@dataclass
-class _Reply:
-    """The end of one model turn: what the last chunk / the AIMessage carries."""
-
-    content: str  # the whole reply text (tool calls removed)
-    tail: str  # the part of ``content`` not yet streamed as deltas
-    calls: list[dict] = field(default_factory=list)
-    invalid: list[dict] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    finish_reason: str = "stop"
-    model_name: str = ""
-
-
-@dataclass
-class _Request:
-    messages: list[dict]
-    params: Any  # GenerationConfig
-    specs: list
-    choice: str
-    schema: Optional[dict]
-    session_id: Optional[str]
+_Reply = turns.Reply
 
 
 class ChatLongctx(BaseChatModel):
@@ -226,7 +203,7 @@ class ChatLongctx(BaseChatModel):
             yield chunk
 
     # ---- one request ----------------------------------------------------------------------------------------
-    def _request(self, messages: Sequence[BaseMessage], stop: Optional[list[str]], kwargs: dict) -> _Request:
+    def _request(self, messages: Sequence[BaseMessage], stop: Optional[list[str]], kwargs: dict) -> turns.TurnRequest:
         unknown = sorted(set(kwargs) - set(CALL_OPTIONS))
         if unknown:
             raise InputError(f"ChatLongctx: unknown call options {unknown} (valid: {', '.join(CALL_OPTIONS)})")
@@ -241,8 +218,16 @@ class ChatLongctx(BaseChatModel):
                 "parallel_tool_calls: True is not supported (this model makes at most one tool call per turn; "
                 "valid: False or None)"
             )
-        engine = self.engine
-        params = engine.params(
+        msgs = to_core_messages(messages)
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return turns.prepare(
+            self.engine,
+            msgs,
+            tools=kwargs.get("tools"),
+            tool_choice=kwargs.get("tool_choice"),
+            response_format=kwargs.get("response_format"),
+            session_id=kwargs.get("session_id"),
             max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=kwargs.get("temperature", self.temperature),
             top_p=kwargs.get("top_p", self.top_p),
@@ -250,94 +235,11 @@ class ChatLongctx(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             stop=[*(self.stop or []), *(stop or [])] or None,
         )
-        specs = tools_mod.normalize_tools(kwargs.get("tools"))
-        choice = tools_mod.normalize_tool_choice(kwargs.get("tool_choice"), specs)
-        schema = _response_schema(kwargs.get("response_format"))
-        msgs = to_core_messages(messages)
-        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": self.system_prompt})
-        return _Request(msgs, params, specs, choice, schema, kwargs.get("session_id"))
 
     def _events(self, messages: Sequence[BaseMessage], stop: Optional[list[str]], kwargs: dict) -> Iterator[Any]:
-        """Text deltas (str), then one :class:`_Reply`. Blocking: async callers run it in a worker thread."""
+        """Text deltas (str), then one reply (:mod:`longctx_llm.turns`, shared with the OpenAI server)."""
         req = self._request(messages, stop, kwargs)
-        engine = self.engine
-        if req.schema is not None:
-            yield from self._guided_structured(engine, req)
-        elif req.specs and req.choice not in ("auto", "none"):
-            yield from self._guided_tool_call(engine, req)
-        else:
-            yield from self._free(engine, req)
-
-    def _prompt(self, engine: Engine, msgs: list[dict], tools: Optional[list[dict]]) -> tuple[str, int]:
-        text = render(engine.tokenizer, normalize_messages(msgs), tools=tools)
-        return text, len(engine.tokenize(text, add_special_tokens=False))
-
-    def _free(self, engine: Engine, req: _Request) -> Iterator[Any]:
-        """Free text; with tools bound ("auto"), a reply that opens a ``<tool_call>`` finishes under the decoder."""
-        msgs, tools = tools_mod.prepare_messages(engine.tokenizer, req.messages, req.specs, req.choice)
-        parse = bool(req.specs) and req.choice != "none"
-        gen = _gen_kwargs(req.params)
-        if parse:  # stop where a call opens; the decoder writes the call itself (always well formed)
-            gen["stop"] = [*gen["stop"], tools_mod.TOOL_CALL_OPEN]
-        stream = engine.stream_chat(msgs, req.session_id, tools=tools, **gen)
-        holdback = tools_mod.ToolCallHoldback() if parse else None
-        streamed = []
-        try:
-            for delta in stream:
-                out = holdback.push(delta) if holdback is not None else delta
-                if out:
-                    streamed.append(out)
-                    yield out
-        finally:
-            if stream.completion is None:  # stopped early (consumer gone or error): release the session
-                stream.close()
-        c = stream.completion
-        reply = _Reply("", "", input_tokens=c.prompt_tokens, output_tokens=c.completion_tokens,
-                       finish_reason=c.finish_reason, model_name=self.model)
-        tail = holdback.finish() if holdback is not None else ""
-        if parse:
-            parsed = tools_mod.parse_tool_calls(tail, req.specs)
-            tail, reply.calls, reply.invalid = parsed.content, parsed.calls, parsed.invalid
-            if c.stop_reason == tools_mod.TOOL_CALL_OPEN:
-                prompt, _ = self._prompt(engine, msgs, tools)
-                call, n_out = self._decode_call(engine, req, prompt + c.text + tools_mod.TOOL_CALL_OPEN, req.specs)
-                reply.calls.append(call)
-                reply.output_tokens += n_out
-            if tail and streamed and not streamed[-1].endswith((" ", "\n")) and not tail[:1].isspace():
-                tail = " " + tail
-        reply.tail = tail
-        reply.content = ("".join(streamed) + tail).strip() if parse else "".join(streamed)
-        if reply.calls:
-            reply.finish_reason = "tool_calls"
-        yield reply
-
-    def _decode_call(self, engine: Engine, req: _Request, prompt: str, candidates: list) -> tuple[dict, int]:
-        call, wire = guided.decode_tool_call(engine, prompt, candidates, req.params)
-        return call, engine.count_tokens(wire)
-
-    def _guided_tool_call(self, engine: Engine, req: _Request) -> Iterator[Any]:
-        """``tool_choice`` "any"/"required"/a name: the call is certain, so the decoder writes all of it."""
-        msgs, tools = tools_mod.prepare_messages(engine.tokenizer, req.messages, req.specs, req.choice)
-        prompt, n_in = self._prompt(engine, msgs, tools)
-        candidates = req.specs if req.choice == "required" else [s for s in req.specs if s.name == req.choice]
-        call, n_out = self._decode_call(engine, req, prompt + tools_mod.TOOL_CALL_OPEN, candidates)
-        yield _Reply("", "", calls=[call], input_tokens=n_in, output_tokens=n_out + 1,
-                     finish_reason="tool_calls", model_name=self.model)
-
-    def _guided_structured(self, engine: Engine, req: _Request) -> Iterator[Any]:
-        """``response_format`` json_schema: the reply is an instance of the schema, decoded under it."""
-        msgs = list(req.messages)
-        instruction = guided.schema_prompt(req.schema)
-        if msgs and msgs[0]["role"] == "system":
-            msgs[0] = dict(msgs[0], content=f"{msgs[0]['content']}\n\n{instruction}")
-        else:
-            msgs.insert(0, {"role": "system", "content": instruction})
-        msgs, tools = tools_mod.prepare_messages(engine.tokenizer, msgs, [], "auto")
-        prompt, n_in = self._prompt(engine, msgs, tools)
-        _, text, _ = guided.guided_json(engine, prompt, req.schema, params=req.params)
-        yield text
-        yield _Reply(text, "", input_tokens=n_in, output_tokens=engine.count_tokens(text), model_name=self.model)
+        yield from turns.events(self.engine, req, self.model)
 
     # ---- LangChain's four entry points ---------------------------------------------------------------------
     def _chunk(self, ev: Any) -> ChatGenerationChunk:
@@ -471,30 +373,7 @@ class ChatLongctx(BaseChatModel):
 # ---- helpers --------------------------------------------------------------------------------------------------
 
 
-def _gen_kwargs(params) -> dict:
-    return {
-        "max_new_tokens": params.max_new_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "seed": params.seed,
-        "stop": params.stop,
-    }
-
-
-def _response_schema(fmt: Any) -> Optional[dict]:
-    """The JSON schema of an OpenAI-style ``response_format`` (None: free text)."""
-    if fmt is None:
-        return None
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        inner = fmt.get("json_schema", fmt)
-        schema = inner.get("schema") if isinstance(inner, dict) else None
-        if isinstance(schema, dict):
-            return schema
-    raise InputError(
-        f"response_format: {fmt!r} is not supported (valid: {{'type': 'json_schema', 'json_schema': "
-        "{'schema': {...}}}; schema-less JSON mode cannot be guaranteed on a local model)"
-    )
+_response_schema = turns.response_schema
 
 
 def _usage(ev: _Reply) -> dict:
@@ -509,9 +388,4 @@ def _response_metadata(ev: _Reply) -> dict:
     return {"finish_reason": ev.finish_reason, "model_name": ev.model_name}
 
 
-def _last(events: Iterator[Any]) -> _Reply:
-    reply = None
-    for ev in events:
-        reply = ev
-    assert isinstance(reply, _Reply)  # _events always ends with one
-    return reply
+_last = turns.last

@@ -1,0 +1,64 @@
+"""``longctx serve PIPELINE.yaml``: load the pipeline's engine, then serve it with uvicorn.
+
+The core CLI (``longctx_llm.cli``) parses the arguments and imports this module lazily, so the core never
+imports FastAPI or uvicorn; ``python -m longctx_serve ARGS`` is the same command.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional, Sequence
+
+from longctx_llm.errors import ConfigError, LongctxError
+
+from .app import api_key_from_env, create_app
+
+logger = logging.getLogger("longctx_serve")
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_pipeline(
+    pipeline: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Optional[str] = None,
+    model_name: Optional[str] = None,
+    max_sessions: int = 256,
+) -> int:
+    """Load the pipeline's model (errors surface here, not on the first request) and serve until Ctrl-C."""
+    import uvicorn
+
+    from longctx_llm.config import load_config
+    from longctx_llm.engine import Engine
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: {port} is not a TCP port (valid: 0-65535)")
+    if max_sessions < 1:
+        raise ConfigError(f"--max-sessions: must be >= 1, got {max_sessions}")
+    engine = Engine.from_config(load_config(pipeline))
+    _ = engine.loaded  # load and validate the model now
+    api_key = api_key_from_env(api_key)
+    if api_key is None and host not in LOCAL_HOSTS:
+        logger.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
+    app = create_app(engine, api_key=api_key, model_name=model_name, max_sessions=max_sessions)
+    print(f"longctx serve: {app.state.model_name} on http://{host}:{port}/v1"
+          f"{' (API key required)' if api_key else ''}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    except OSError as e:  # e.g. the port is taken
+        raise LongctxError(f"cannot serve on {host}:{port}: {e}") from e
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m longctx_serve ARGS`` = ``longctx serve ARGS`` (one parser, in the core CLI)."""
+    from longctx_llm.cli import main as longctx_main
+
+    return longctx_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
