@@ -32,6 +32,7 @@ for d in plugins/*/ integrations/*/; do
   [ -f "$d/pyproject.toml" ] || continue
   case "$d" in
     integrations/llama-index-llms-longctx) pkgs+=(-e "$d[rag]") ;;  # local embeddings for the query-engine pipeline
+    integrations/longctx-serve) pkgs+=(-e "$d[ray]") ;;  # Ray Serve scale-out (its test: pytest -m slow); ~15 s
     *) pkgs+=(-e "$d") ;;
   esac
 done
