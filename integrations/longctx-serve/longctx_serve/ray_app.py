@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -228,6 +229,10 @@ def run(pipeline: Pipeline, replicas: Optional[int] = None, *, host: str = "127.
     return serve.run(build(pipeline, replicas, **build_kwargs), name=name, route_prefix="/")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
 
@@ -255,6 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_name=args.model_name, max_sessions=args.max_sessions, num_gpus=args.num_gpus, num_cpus=args.num_cpus)
     print(f"longctx serve (ray): http://{args.host}:{args.port}/v1{' (API key required)' if api_key else ''}",
           file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` shuts Serve and the local Ray down as Ctrl-C does
     try:
         while True:
             time.sleep(3600)
