@@ -5,10 +5,14 @@
 # one per call because of the per-call carry limit) at /root/smol.gguf.
 set -e
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 LONGCTX_PROGRESS=0
-if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  touch /tmp/site/.done
-fi
+# .whl: what every run needs; .whl2, .whl3 (optional): the server's and the integrations' dependencies, carried only by
+# the calls that run benchmarks/serve_throughput.py and benchmarks/layers_overhead.py (the carry limit)
+for d in .whl .whl2 .whl3; do
+  if [ -d $d ] && [ ! -f /tmp/site/.done$d ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $d/*.whl
+    touch /tmp/site/.done$d
+  fi
+done
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 if [ -d .gguf ]; then
   for p in .gguf/part_*; do cp -n "$p" /root/ 2>/dev/null || true; done
@@ -22,7 +26,7 @@ if [ -d .gguf ]; then
   fi
 fi
 pkgs=(-e .)
-for d in plugins/*/; do [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d"); done
+for d in plugins/*/ integrations/*/; do [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d"); done
 python3 -m pip install -q --no-index --no-deps --no-build-isolation "${pkgs[@]}" >/tmp/pip-install.log 2>&1 || {
   echo "device_env: editable install failed"; tail -20 /tmp/pip-install.log; }
 set +e

@@ -9,6 +9,11 @@
 #                                     recall against the shipped compressor, CCM gap and chat fact recall
 #   bash benchmarks/gpu.sh bench      speed and memory (RCC vs plain vs DCA, SmolLM2 and an 8B-shaped model, 8k..1M),
 #                                     the 1M-token stream with default options, out of memory on the GPU
+#   bash benchmarks/gpu.sh decode     decode at batch 1 against the bandwidth bound (8B shape, 4k/32k/64k): the default
+#                                     path, the eager path, compile: true and transformers' static cache + compile
+#   bash benchmarks/gpu.sh serve      the embedded model on the GPU through the layers (engine, `longctx run`,
+#                                     ChatLongctx, LongctxLLM) and `longctx serve` under 1/4/16 concurrent sessions
+#                                     (needs .whl2 and .whl3: the server's and the integrations' wheels)
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
@@ -74,19 +79,24 @@ case "${1:-}" in
     printf 'model: {source: %s}\nstrategy: {name: streaming}\n' "$MODEL" > /tmp/stream.yaml
     longctx eval stream /tmp/stream.yaml --text "$TEXT" --tokens 1048576 --every 262144 --json > "$OUT/stream_default.json"
     cat "$OUT/stream_default.json"
-    # candidates for a faster default piece (the default is min(512, window // 2)): the same run, one option changed
-    for piece in 1024 2046; do
-      w=$(( piece * 2 > 2048 ? piece * 2 : 2048 ))
-      printf 'model: {source: %s}\nstrategy: {name: streaming, window: %s, prefill_chunk_size: %s}\n' "$MODEL" $w $piece \
-        > /tmp/stream-$piece.yaml
-      longctx eval stream /tmp/stream-$piece.yaml --text "$TEXT" --tokens 1048576 --every 524288 --json \
-        > "$OUT/stream_piece$piece.json"; cat "$OUT/stream_piece$piece.json"
-    done
+    # beside the default (pieces of min(1024, window // 2)): pieces of 512, the default before 2026-12-01
+    printf 'model: {source: %s}\nstrategy: {name: streaming, prefill_chunk_size: 512}\n' "$MODEL" > /tmp/stream-512.yaml
+    longctx eval stream /tmp/stream-512.yaml --text "$TEXT" --tokens 1048576 --every 524288 --json \
+      > "$OUT/stream_piece512.json"; cat "$OUT/stream_piece512.json"
     python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 8192,32768,131072,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
     python3 benchmarks/rcc_speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
       --lengths 8192,32768,131072,524288,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -18
     ;;
+  decode)
+    (cd benchmarks && python3 gpu_decode.py --contexts "${CONTEXTS:-4096,32768,65536}" --layers "${LAYERS:-32}" \
+      --steps "${STEPS:-48}" --compile --tokenizer ../.data/tok --out "$OUT" 2>&1 | grep -v -i warn | tail -24)
+    ;;
+  serve)
+    python3 benchmarks/layers_overhead.py --model "$MODEL" --device cuda --tokens 200 --runs 5 2>&1 | grep -v -i warn | tail -7
+    python3 benchmarks/serve_throughput.py --model "$MODEL" --device cuda --clients 1,4,16 --tokens 128 2>&1 \
+      | grep -v -i warn | tail -6
+    ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|bench|fetch DIR" >&2; exit 2 ;;
+  *) echo "usage: gpu.sh train|quality|bench|decode|serve|fetch DIR" >&2; exit 2 ;;
 esac

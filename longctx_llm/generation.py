@@ -177,6 +177,7 @@ def generate(
             prompt_tokens = attention_mask.long().sum(-1).tolist()
 
     t0 = time.perf_counter()
+    state.reserve(state.seen + prompt_ids.shape[1] + params.max_new_tokens)
     logits = state.forward(prompt_ids, attention_mask)[:, -1, :]
     t1 = time.perf_counter()
 
@@ -184,7 +185,6 @@ def generate(
     matchers = [StopMatcher(params.stop) for _ in range(B)]
     generated: list[list[int]] = [[] for _ in range(B)]
     finish: list[Optional[str]] = [None] * B
-    ones = torch.ones(B, 1, dtype=torch.long, device=device)
 
     for step in range(params.max_new_tokens):
         next_tokens = sample(logits, params, generator)  # (B,)
@@ -209,7 +209,7 @@ def generate(
             break
         if window is not None and state.seen + 1 > window:
             break
-        logits = state.forward(next_tokens[:, None], ones)[:, -1, :]
+        logits = state.forward(next_tokens[:, None])[:, -1, :]  # every row's new token is real: no mask
         if fed_tokens is not None:
             for r in range(B):
                 fed_tokens[r].append(tokens[r])

@@ -136,6 +136,12 @@ def default_attention(module, query, key, value, ctx: AttentionContext, *, scali
     """Plain causal attention through transformers' own SDPA path (bit-for-bit the stock ``sdpa`` result)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    view = ctx.extra.get("decode")
+    if view is not None:  # a fixed decode step over a preallocated cache (longctx_llm.kv_cache)
+        from .decode_attention import attend
+
+        out = attend(query.transpose(1, 2), key, value, valid=view.valid, first=view.first, scale=scaling)
+        return out.transpose(1, 2)  # (B, 1, H, D)
     q_len, kv_len = query.shape[2], key.shape[2]
     if ctx.key_padding is None and 1 < q_len < kv_len:
         # a prefill piece after cached tokens: bottom-right causal alignment without materialising a mask, so the

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import hf_adapter
 from .cuda_graphs import GraphRunner, available as cuda_available
 from .errors import LongctxError, SessionError
+from .kv_cache import StaticCache
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,24 @@ class StrategyOptions(BaseModel):
     """Base of every strategy's options model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FastDecodeOptions(StrategyOptions):
+    """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kv_cache.StaticCache`."""
+
+    static_cache: Optional[bool] = Field(
+        None,
+        description="Preallocated key/value cache (a decode step writes one slot, copies nothing). "
+        "Default: on with a CUDA device, off on CPU.",
+    )
+    cuda_graphs: Optional[bool] = Field(
+        None, description="Replay decode steps from CUDA graphs (needs static_cache). Default: on with a CUDA device."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the graph-replayed decode step (fuses the model's small kernels; the first steps "
+        "of a session wait for the compiler, a minute or more on an 8B model). Needs cuda_graphs.",
+    )
 
 
 class Strategy(ABC):
@@ -123,6 +142,9 @@ class StrategyState(ABC):
     def rewind(self, length: int) -> None:
         raise LongctxError(f"{type(self).__name__} cannot rewind its cache")
 
+    def reserve(self, tokens: int) -> None:
+        """A hint that the sequence will hold ``tokens`` tokens (prompt + reply); states that preallocate use it."""
+
     #: whether memories may edit the cache (:meth:`KVCacheState.compact_tail` and friends)
     editable: bool = False
 
@@ -138,14 +160,53 @@ def cuda_graphs_available(model) -> bool:
     return cuda_available(torch.device(model.device))
 
 
+def fast_decode_defaults(model, static_cache: Optional[bool], cuda_graphs: Optional[bool]) -> tuple[bool, bool]:
+    """Resolve a growing-cache strategy's ``static_cache`` / ``cuda_graphs`` options (None = on exactly on CUDA)."""
+    on_cuda = cuda_graphs_available(model)
+    static = on_cuda if static_cache is None else bool(static_cache)
+    graphs = (on_cuda and static) if cuda_graphs is None else bool(cuda_graphs)
+    return static, graphs
+
+
+def _step(model, cache, attention, extra: dict, st: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+    """One forward of a graph-replayed step, reading its inputs only from ``st`` (see :mod:`.cuda_graphs`)."""
+    ctx = hf_adapter.AttentionContext(q_positions=st["q_positions"], attention=attention, extra=dict(extra))
+    return hf_adapter.forward(model, st["input_ids"], position_ids=st["position_ids"], cache=cache, ctx=ctx,
+                              logits_to_keep=keep)
+
+
+_COMPILED_STEP = None
+
+
+def _compiled_step():
+    """:func:`_step` under ``torch.compile`` (made once per process; the compiler caches per shapes and guards)."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_step, dynamic=False)
+    return _COMPILED_STEP
+
+
 class KVCacheState(StrategyState):
-    """A KV-cache state with chunked prefill and left-padding support; override the seams, not ``forward``."""
+    """A KV-cache state with chunked prefill and left-padding support; override the seams, not ``forward``.
+
+    ``static_cache``: keep keys/values in a preallocated :class:`~longctx_llm.kv_cache.StaticCache` instead of
+    transformers' ``DynamicCache``; a one-token decode step is then a *fixed* step (it writes one slot and attends
+    through a device-side valid length), which ``cuda_graphs`` replays from a CUDA graph. The attention function
+    must handle ``extra["decode"]`` (the core's plain attention and DCA's do).
+    """
 
     #: longest piece fed in one forward during prefill; bounds activation memory (None: no chunking)
     prefill_chunk_size: Optional[int] = 2048
 
     def __init__(
-        self, model, batch_size: int = 1, prefill_chunk_size: Optional[int] = None, *, cuda_graphs: bool = False
+        self,
+        model,
+        batch_size: int = 1,
+        prefill_chunk_size: Optional[int] = None,
+        *,
+        cuda_graphs: bool = False,
+        static_cache: bool = False,
+        compile_steps: bool = False,
     ):
         self.model = model  # LoadedModel
         self.batch_size = batch_size
@@ -153,7 +214,13 @@ class KVCacheState(StrategyState):
             self.prefill_chunk_size = prefill_chunk_size
         #: replay forwards that ``graph_key`` names from CUDA graphs (only on a CUDA device)
         self.cuda_graphs = bool(cuda_graphs) and cuda_graphs_available(model)
+        self.static_cache = bool(static_cache)
+        #: run graph-captured decode steps through torch.compile (fuses the model's small kernels)
+        self.compile_steps = bool(compile_steps) and self.cuda_graphs
         self._graphs: Optional[GraphRunner] = None
+        self._graph_generation = 0
+        self._first: Optional[torch.Tensor] = None  # (B,) first real key per row when padding is a left prefix
+        self._fixed = False  # the forward being run is a fixed decode step
         self.cache = self.make_cache()
         self.seen = 0
         self.padding: Optional[torch.Tensor] = None  # (B, seen) bool, None while no row has padding
@@ -161,7 +228,14 @@ class KVCacheState(StrategyState):
 
     # ---- seams -------------------------------------------------------------------------------------------
     def make_cache(self):
+        if self.static_cache:
+            layers = self.model.model.config.get_text_config().num_hidden_layers
+            return StaticCache(layers, self.batch_size, self.model.device)
         return hf_adapter.new_dynamic_cache(self.model.model)
+
+    def reserve(self, tokens: int) -> None:
+        if isinstance(self.cache, StaticCache):
+            self.cache.reserve(tokens)
 
     def logical_positions(self, new_tokens: int, new_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """(B, T) positions of ``new_tokens`` new tokens in the sequence attended to (default: the text).
@@ -190,9 +264,23 @@ class KVCacheState(StrategyState):
 
         Only for forwards that are the same GPU program every time (same shapes; every tensor read or written at a
         fixed address; no Python decision inside the forward that changes between calls): see
-        :mod:`longctx_llm.cuda_graphs`. Default: never (a growing cache changes shape every step).
+        :mod:`longctx_llm.cuda_graphs`. Default: a fixed decode step of a static cache (see the class docstring).
         """
-        return None
+        return ("decode", all_logits) if self._fixed else None
+
+    def _fixed_step(self, new_tokens: int, new_mask: Optional[torch.Tensor]) -> bool:
+        """Whether this forward can be a fixed decode step: static cache, one real token per row, and padding (if
+        any) a left prefix of every row (then ``_first`` says where each row's keys start)."""
+        if not isinstance(self.cache, StaticCache) or new_tokens != 1 or new_mask is not None:
+            return False
+        if self.padding is None:
+            return True
+        if self._first is None:
+            first = (self.padding.long().cumsum(-1) == 0).sum(-1)  # (B,) leading padding columns
+            if int(self.padding.long().sum()) != int((self.padding.shape[1] - first).sum()):
+                return False  # holes after the first real token: only the general (masked) path knows them
+            self._first = first.to(torch.int32)
+        return True
 
     # ---- the one forward ----------------------------------------------------------------------------------
     def _chunk(self, ids, mask, all_logits: bool, embeds=None, hooks=None) -> torch.Tensor:
@@ -217,18 +305,33 @@ class KVCacheState(StrategyState):
         else:
             key_padding = None
         rope = self.rope_positions(logical)
-        plain = key_padding is None and embeds is None and hooks is None
+        static = isinstance(self.cache, StaticCache)
+        self._fixed = fixed = self._fixed_step(T, new_mask)
+        if static:
+            self.cache.begin(T, fixed=fixed, first=self._first if key_padding is not None else None)
+        plain = (key_padding is None or fixed) and embeds is None and hooks is None
         key = self.graph_key(T, all_logits) if self.cuda_graphs and plain else None
-        if key is not None:
-            logits = self._graphed_forward(key, ids, rope, logical, all_logits)
-        else:
-            ctx = hf_adapter.AttentionContext(
-                q_positions=logical, key_padding=key_padding, attention=self.attention(), extra=self.attention_extra()
-            )
-            logits = hf_adapter.forward(
-                self.model.model, ids, position_ids=rope, cache=self.cache, ctx=ctx,
-                logits_to_keep=0 if all_logits else 1, inputs_embeds=embeds, hooks=hooks,
-            )
+        try:
+            if key is not None:
+                logits = self._graphed_forward(key, ids, rope, logical, all_logits)
+            else:
+                extra = self.attention_extra()
+                if fixed:
+                    extra = {**extra, "decode": self.cache.view}
+                ctx = hf_adapter.AttentionContext(
+                    q_positions=logical, key_padding=None if fixed else key_padding, attention=self.attention(),
+                    extra=extra,
+                )
+                logits = hf_adapter.forward(
+                    self.model.model, ids, position_ids=rope, cache=self.cache, ctx=ctx,
+                    logits_to_keep=0 if all_logits else 1, inputs_embeds=embeds, hooks=hooks,
+                )
+        finally:
+            self._fixed = False
+        if static:
+            self.cache.commit(T)
+        if new_mask is not None:
+            self._first = None
         self.padding = key_padding
         self.real_tokens = self.real_tokens + (T if new_mask is None else new_mask.long().sum(-1))
         self.seen += T
@@ -236,17 +339,27 @@ class KVCacheState(StrategyState):
 
     def _graphed_forward(self, key, ids, rope, logical, all_logits: bool) -> torch.Tensor:
         runner = self._graphs
-        if runner is None or runner.owner is not self.cache:  # a new cache (restored session): new buffers
+        generation = getattr(self.cache, "generation", 0)
+        if runner is None or runner.owner is not self.cache or self._graph_generation != generation:
+            # a new cache (restored session) or grown buffers: the captured kernels point at memory that is gone
             runner = self._graphs = GraphRunner(self.cache)
+            self._graph_generation = generation
         attention, extra = self.attention(), self.attention_extra()
+        if self._fixed:
+            extra = {**extra, "decode": self.cache.view}
         model, cache = self.model.model, self.cache
+        keep = 0 if all_logits else 1
+        compiled = _compiled_step() if self.compile_steps and self._fixed else None
 
         def forward(st: dict[str, torch.Tensor]) -> torch.Tensor:
-            ctx = hf_adapter.AttentionContext(q_positions=st["q_positions"], attention=attention, extra=dict(extra))
-            return hf_adapter.forward(
-                model, st["input_ids"], position_ids=st["position_ids"], cache=cache, ctx=ctx,
-                logits_to_keep=0 if all_logits else 1,
-            )
+            if compiled is not None and self.compile_steps:
+                try:
+                    return compiled(model, cache, attention, extra, st, keep)
+                except Exception as exc:  # a model or kernel the compiler cannot take: eager steps from now on
+                    logger.warning("torch.compile of the decode step failed (%s: %s); running it uncompiled",
+                                   type(exc).__name__, str(exc)[:500])
+                    self.compile_steps = False
+            return _step(model, cache, attention, extra, st, keep)
 
         return runner.run(key, {"input_ids": ids, "position_ids": rope, "q_positions": logical}, forward)
 
@@ -281,8 +394,12 @@ class KVCacheState(StrategyState):
     def rewind(self, length: int) -> None:
         if not 0 <= length <= self.seen:
             raise LongctxError(f"cannot rewind to {length}: the cache holds {self.seen} tokens")
-        hf_adapter.crop_cache(self.cache, length)
+        if isinstance(self.cache, StaticCache):
+            self.cache.crop(length)
+        else:
+            hf_adapter.crop_cache(self.cache, length)
         self.seen = length
+        self._first = None
         if self.padding is not None:
             self.padding = self.padding[:, :length]
             self.real_tokens = self.padding.long().sum(-1)
@@ -316,7 +433,16 @@ class KVCacheState(StrategyState):
         return [(k[..., start:end, :].clone(), v[..., start:end, :].clone()) for k, v in self._layers()]
 
     def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.cache, StaticCache):
+            return self.cache.layers()
         return hf_adapter.cache_kv(self.cache)
+
+    def _set_layer(self, i: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace layer i's entries (every layer must be replaced to the same length before the next forward)."""
+        if isinstance(self.cache, StaticCache):
+            self.cache.set_layer(i, keys, values)
+        else:
+            hf_adapter.set_cache_kv(self.cache, i, keys, values)
 
     def rotate_keys(self, kv: list[tuple[torch.Tensor, torch.Tensor]], delta: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``kv`` with keys moved by ``delta`` RoPE positions (float32 rotation, cast back)."""
@@ -342,12 +468,12 @@ class KVCacheState(StrategyState):
             raise LongctxError(f"splice: got key/values for {len(kv)} layers, the cache has {len(layers)}")
         m = kv[0][0].shape[-2]
         shift = start + m - end
-        for i, ((k, v), (nk, nv)) in enumerate(zip(layers, kv)):
+        for i, ((k, v), (nk, nv)) in enumerate(zip(layers, kv)):  # one layer at a time: one layer's copy at most
             tail_k, tail_v = k[..., end:, :], v[..., end:, :]
             if shift and tail_k.shape[-2]:
                 tail_k = self.rotate_keys([(tail_k, tail_v)], shift)[0][0]
-            hf_adapter.set_cache_kv(
-                self.cache, i,
+            self._set_layer(
+                i,
                 torch.cat([k[..., :start, :], nk.to(k.dtype), tail_k], dim=-2),
                 torch.cat([v[..., :start, :], nv.to(v.dtype), tail_v], dim=-2),
             )
@@ -363,7 +489,10 @@ class KVCacheState(StrategyState):
         self.splice(end - drop, self.seen, kv)
 
     def state_dict(self):
-        tensors = dict(hf_adapter.cache_tensors(self.cache))
+        if isinstance(self.cache, StaticCache):
+            tensors = self.cache.tensors()
+        else:
+            tensors = dict(hf_adapter.cache_tensors(self.cache))
         if self.padding is not None:
             tensors["padding"] = self.padding
         tensors["real_tokens"] = self.real_tokens
@@ -371,7 +500,12 @@ class KVCacheState(StrategyState):
 
     def load_state_dict(self, tensors, meta):
         device = self.model.device
-        self.cache = hf_adapter.load_cache_tensors(self.model.model, tensors, device)
+        if self.static_cache:
+            self.cache = self.make_cache()
+            self.cache.load(tensors)
+        else:
+            self.cache = hf_adapter.load_cache_tensors(self.model.model, tensors, device)
+        self._first = None
         self.seen = int(meta["seen"])
         self.padding = tensors["padding"].to(device) if "padding" in tensors else None
         self.real_tokens = tensors["real_tokens"].to(device)

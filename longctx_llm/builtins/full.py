@@ -6,10 +6,10 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..strategy import Capabilities, KVCacheState, Strategy, StrategyOptions
+from ..strategy import Capabilities, FastDecodeOptions, KVCacheState, Strategy, fast_decode_defaults
 
 
-class FullOptions(StrategyOptions):
+class FullOptions(FastDecodeOptions):
     max_length: Optional[int] = Field(
         None, gt=0, description="Context window in tokens; default: the model's pretraining length."
     )
@@ -27,4 +27,8 @@ class FullStrategy(Strategy):
         return self.options.max_length or info.pretraining_length or None
 
     def new_state(self, model, batch_size: int = 1) -> KVCacheState:
-        return KVCacheState(model, batch_size, prefill_chunk_size=self.options.prefill_chunk_size)
+        static, graphs = fast_decode_defaults(model, self.options.static_cache, self.options.cuda_graphs)
+        return KVCacheState(
+            model, batch_size, prefill_chunk_size=self.options.prefill_chunk_size,
+            static_cache=static, cuda_graphs=graphs, compile_steps=self.options.compile,
+        )

@@ -194,3 +194,26 @@ def test_pick_backend():
     assert kernels.pick(torch.device("cpu"), torch.float32, "cuda_cudnn") == "cpu_flash"  # unusable here
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
         kernels.pick(torch.device("cpu"), torch.float32, "nope")
+
+
+@pytest.mark.parametrize("temp", [None, "all", "earlier"])
+def test_fused_decode_equals_chunked_for_one_query(temp):
+    """The fixed decode step (one pass, three query versions chosen per key) equals the chunked three-part path for
+    a single query at every kind of position: first chunk, the w rows after a boundary, the rest of a chunk."""
+    from longctx_llm.hf_adapter import Rotary
+    from longctx_llm.kv_cache import DecodeView
+    from longctx_dca.attention import dca_chunked, dca_decode
+
+    torch.manual_seed(0)
+    g = Geometry(chunk_len=24, local_window=6, pretraining_length=32, temperature_scaling=temp is not None,
+                 temperature_parts=temp or "all")
+    inv_freq = default_inv_freq(16)
+    rotary = Rotary(inv_freq=inv_freq)
+    H, Hkv, D, cap = 4, 2, 16, 128
+    k, v = torch.randn(1, Hkv, cap, D, dtype=torch.float64), torch.randn(1, Hkv, cap, D, dtype=torch.float64)
+    for n in (1, 5, 24, 25, 29, 30, 47, 48, 53, 100, 128):  # keys held, the new one included
+        q = torch.randn(1, H, 1, D, dtype=torch.float64)
+        ref = dca_chunked(q, k[:, :, :n], v[:, :, :n], g, rotary.rotate, scale=0.25, backend="math", fused=False)
+        view = DecodeView(valid=torch.tensor([n], dtype=torch.int32), first=torch.tensor([0], dtype=torch.int32))
+        out = dca_decode(q, k, v, g, rotary, view=view, scale=0.25, triton=False)
+        assert (out - ref).abs().max() < 1e-6, n

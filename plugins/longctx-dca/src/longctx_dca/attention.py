@@ -370,6 +370,63 @@ def dca_attention(
     return dca_blocked(q, k, v, g, rotate, scale=scale, q_pos=q_pos, k_pos=k_pos, key_padding=key_padding)
 
 
+def dca_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Geometry,
+    rotary,
+    *,
+    view,
+    scale: float,
+    step: Optional[dict] = None,
+    triton: Optional[bool] = None,
+) -> torch.Tensor:
+    """DCA for one new query per row over a preallocated cache, as one pass over the keys.
+
+    q (B, H, 1, D) rotated at ``i mod s``; k/v (B, Hkv, N, D): a :class:`~longctx_llm.kv_cache.StaticCache`'s
+    buffers, of which keys ``[view.first, view.valid)`` are real (``view``: its
+    :class:`~longctx_llm.kv_cache.DecodeView`; the new token is the last one); ``rotary``: the model's
+    :class:`~longctx_llm.hf_adapter.Rotary`. Returns (B, H, 1, D).
+
+    The query's three versions (intra as given, successive and inter re-rotated by :func:`query_deltas`, scaled by
+    the optional temperature) go to :func:`longctx_llm.decode_attention.attend` as a rotation, with the bounds of the
+    current chunk (intra keys from its start cs, successive keys from cs − s): each key is read once, scored by the
+    version its part uses, and one softmax over all of them is exactly the LSE merge of the three partial
+    attentions. Everything is computed on the device from ``view``, so the step replays from a CUDA graph; what is
+    the same for every layer (angles, bounds) is computed once per step and kept in ``step`` (a per-forward dict).
+    """
+    from longctx_llm.decode_attention import attend
+
+    made = step.get("dca") if step is not None else None
+    if made is None:
+        made = decode_plan(g, rotary, view)
+        if step is not None:
+            step["dca"] = made
+    rotation, bounds = made
+    return attend(q.transpose(1, 2), k, v, valid=view.valid, first=view.first, bounds=bounds, scale=scale,
+                  rotation=rotation, triton=triton)
+
+
+def decode_plan(g: Geometry, rotary, view):
+    """(rotation, bounds) of a decode step (see :func:`dca_decode`): cos/sin (B, 3, R/2) of the versions' rotation
+    deltas (0, successive, inter), their temperature factors (B, 3) or None, and the part bounds (B, 2)."""
+    s = g.chunk_len
+    first = view.first.long()
+    i = view.valid.long() - 1 - first  # (B,) logical position of the new token
+    succ_d, inter_d = query_deltas(i, g)  # (B,) each
+    deltas = torch.stack([torch.zeros_like(i), succ_d, inter_d], dim=1)  # (B, 3)
+    cos, sin = rotary.cos_sin(deltas, torch.float32)  # (B, 3, R): the two halves repeat
+    half = cos.shape[-1] // 2
+    factor = temperature(i, g)  # (B,) float64 or None
+    if factor is not None:
+        one = torch.ones_like(factor)
+        factor = torch.stack([factor if g.temperature_parts == "all" else one, factor, factor], dim=1).float()
+    cs = i - i % s  # start of the new token's chunk
+    bounds = torch.stack([cs + first, (cs - s).clamp_min(0) + first], dim=-1).to(torch.int32)  # (B, 2) cache indices
+    return (cos[..., :half].contiguous(), sin[..., :half].contiguous(), factor), bounds
+
+
 def rope_rotate(inv_freq: torch.Tensor) -> Rotate:
     """A rotate-half RoPE ``rotate(x, delta)`` from ``inv_freq`` alone (benchmarks and tests without a model)."""
 
@@ -400,6 +457,7 @@ __all__ = [
     "dca_attention",
     "dca_blocked",
     "dca_chunked",
+    "dca_decode",
     "default_inv_freq",
     "part_masks",
     "query_deltas",

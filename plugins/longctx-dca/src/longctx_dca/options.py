@@ -10,12 +10,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from longctx_llm.strategy import StrategyOptions
+from longctx_llm.strategy import FastDecodeOptions
 
 BACKENDS = ("auto", "math", "cpu_flash", "cuda_flash", "cuda_cudnn", "cuda_efficient", "flash_attn")
 
 
-class DCAOptions(StrategyOptions):
+class DCAOptions(FastDecodeOptions):
     chunk_size: Optional[int] = Field(
         None,
         gt=0,

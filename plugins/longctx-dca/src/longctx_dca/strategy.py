@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from longctx_llm import hf_adapter
 from longctx_llm.config import format_validation_error
 from longctx_llm.errors import ConfigError
-from longctx_llm.strategy import Capabilities, KVCacheState, Strategy
+from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, fast_decode_defaults
 
-from .attention import Geometry, dca_attention
+from .attention import Geometry, dca_attention, dca_decode
 from .options import DCAOptions
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,12 @@ class DCAState(KVCacheState):
             temperature_parts=options.temperature_parts,
         )
         self.backend = options.backend
+        static, graphs = fast_decode_defaults(model, options.static_cache, options.cuda_graphs)
         # aligned with DCA chunks, each prefill forward is one chunk: the intra part is one square causal call
-        super().__init__(model, batch_size, prefill_chunk_size=options.prefill_chunk_size or sizes.chunk_len)
+        super().__init__(
+            model, batch_size, prefill_chunk_size=options.prefill_chunk_size or sizes.chunk_len,
+            static_cache=static, cuda_graphs=graphs, compile_steps=options.compile,
+        )
         self._attention = self._make_attention()
 
     def rope_positions(self, logical: torch.Tensor) -> torch.Tensor:
@@ -96,6 +100,11 @@ class DCAState(KVCacheState):
 
         def attention(module, query, key, value, ctx: hf_adapter.AttentionContext, *, scaling, dropout=0.0, **_):
             # query (B, H, T, D) at i mod s; key/value (B, Hkv, K, D): the whole cache, keys at j mod s
+            view = ctx.extra.get("decode")
+            if view is not None:  # a fixed decode step: one fused call over the preallocated cache
+                step = ctx.extra.setdefault("dca_step", {})  # per forward: what every layer's step shares
+                out = dca_decode(query, key, value, g, rotary, view=view, scale=scaling, step=step)
+                return out.transpose(1, 2).contiguous(), None
             kv_len = key.shape[2]
             padding = ctx.key_padding
             out = dca_attention(

@@ -1,0 +1,129 @@
+"""What the integration layers cost over the engine: time to first token and tokens/s of one greedy reply through
+``engine.stream_chat``, ``longctx run``'s path, LangChain's ``ChatLongctx.stream`` and LlamaIndex's
+``LongctxLLM.stream_chat``, on one engine in one run (interleaved, median of ``--runs``).
+
+    python benchmarks/layers_overhead.py --device cuda --tokens 200 --runs 5
+    python benchmarks/layers_overhead.py --tokens 32 --runs 2        # CPU
+
+``longctx run PIPELINE --prompt P`` is measured without process start and model load: the same component and
+``respond`` call the command makes, on an engine that is already loaded. Every path answers the same one-turn chat
+with no session (``run``'s session is reset before each run), so each pays one prefill and the same decode steps.
+The prompt asks for a long story, so every path runs to the token limit; the table reports the tokens produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table  # noqa: E402
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+
+
+def timed(chunks) -> dict:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for c in chunks:
+        if first is None:
+            first = time.perf_counter()
+        n += 1
+    end = time.perf_counter()
+    return {"t0": t0, "first": first or end, "end": end, "chunks": n}
+
+
+def row(t: dict, tokens: int) -> dict:
+    total = t["end"] - t["t0"]
+    return {
+        "ttft_ms": 1000 * (t["first"] - t["t0"]),
+        "total_s": total,
+        "tokens": tokens,
+        "tok_s": tokens / total,
+        "decode_tok_s": (tokens - 1) / (t["end"] - t["first"]) if tokens > 1 and t["end"] > t["first"] else float("nan"),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, HF directory or .gguf path")
+    p.add_argument("--tokens", type=int, default=200, help="max tokens of the greedy reply")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--strategy", default="full")
+    args = p.parse_args(argv)
+
+    from langchain_longctx import ChatLongctx
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.longctx import LongctxLLM
+
+    from longctx_llm.pipeline import load_pipeline_with_component
+
+    obj, component = load_pipeline_with_component({
+        "model": {"source": args.model, "device": args.device},
+        "strategy": {"name": args.strategy},
+        "generation": {"max_new_tokens": args.tokens, "temperature": 0.0},
+    })
+    engine = obj.engine if hasattr(obj, "engine") else obj
+    _ = engine.loaded
+    chat = ChatLongctx.from_engine(engine, max_tokens=args.tokens, temperature=0.0)
+    llm = LongctxLLM(engine=engine, max_tokens=args.tokens, temperature=0.0)
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def engine_path():
+        stream = engine.stream_chat(messages, max_new_tokens=args.tokens, temperature=0.0)
+        t = timed(stream)
+        return row(t, stream.completion.completion_tokens)
+
+    def run_path_counted():
+        component.reset(obj, "run")
+        parts = []
+        t = timed(parts.append(d) or d for d in component.respond(obj, PROMPT, session_id="run"))
+        text = "".join(parts)
+        return row(t, len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+    def langchain_path():
+        parts = []
+        t = timed(parts.append(c) or c for c in chat.stream(PROMPT))
+        usage = getattr(parts[-1], "usage_metadata", None) if parts else None
+        n = usage["output_tokens"] if usage else len(engine.tokenizer("".join(c.content for c in parts))["input_ids"])
+        return row(t, n)
+
+    def llama_index_path():
+        parts = []
+        t = timed(parts.append(r) or r for r in llm.stream_chat([ChatMessage(role="user", content=PROMPT)]))
+        text = parts[-1].message.content if parts else ""
+        return row(t, len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+    paths = {
+        "engine.stream_chat": engine_path,
+        "longctx run (component.respond)": run_path_counted,
+        "LangChain ChatLongctx.stream": langchain_path,
+        "LlamaIndex LongctxLLM.stream_chat": llama_index_path,
+    }
+    for fn in paths.values():  # warm-up (allocator, kernels, CUDA graphs)
+        fn()
+    results = {name: [] for name in paths}
+    for _ in range(args.runs):
+        for name, fn in paths.items():
+            results[name].append(fn())
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
+    base = med["engine.stream_chat"]
+    rows = []
+    for name, m in med.items():
+        rows.append({"path": name, **m, "tok_s_vs_engine": m["tok_s"] / base["tok_s"],
+                     "ttft_vs_engine": m["ttft_ms"] / base["ttft_ms"]})
+    loaded = engine.loaded
+    print(f"model {engine.model_name} on {loaded.device} ({loaded.dtype}); strategy {args.strategy}; greedy, max "
+          f"{args.tokens} tokens; median of {args.runs} interleaved runs")
+    print_table(rows, ["path", "ttft_ms", "total_s", "tokens", "tok_s", "decode_tok_s", "tok_s_vs_engine",
+                       "ttft_vs_engine"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
