@@ -78,5 +78,8 @@ class StackedStrategy(Strategy):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "layers": [self.outer.describe(), self.inner.describe()]}
 
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": [self.outer.identity(), self.inner.identity()]}
+
     def __repr__(self) -> str:
         return f"StackedStrategy({self.outer!r}, {self.inner!r})"

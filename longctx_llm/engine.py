@@ -344,7 +344,7 @@ class Engine:
     def _header(self) -> dict[str, Any]:
         return {
             "model": self.model_handle.source,
-            "strategy": self.strategy.describe(),
+            "strategy": self.strategy.identity(),  # speed-only options (static_cache, ...) do not bind a session
             "memory": self.memory.describe(),
         }
 

@@ -177,7 +177,8 @@ def generate(
             prompt_tokens = attention_mask.long().sum(-1).tolist()
 
     t0 = time.perf_counter()
-    state.reserve(state.seen + prompt_ids.shape[1] + params.max_new_tokens)
+    need = state.seen + prompt_ids.shape[1] + params.max_new_tokens  # reply included: decode never allocates
+    state.reserve(min(need, window) if window is not None else need)
     logits = state.forward(prompt_ids, attention_mask)[:, -1, :]
     t1 = time.perf_counter()
 

@@ -329,12 +329,22 @@ def cache_length(cache) -> int:
     return 0 if cache is None else int(cache.get_seq_length())
 
 
+def _preallocated(cache) -> bool:
+    """Whether ``cache`` is the core's :class:`~longctx_llm.kv_cache.StaticCache` (its own methods do the work)."""
+    from .kv_cache import StaticCache
+
+    return isinstance(cache, StaticCache)
+
+
 def crop_cache(cache, length: int) -> None:
     """Drop every cached position from ``length`` on.
 
     Slices the layers directly: ``DynamicCache.crop``'s argument changed meaning within 5.x (absolute length, then
     a count to remove), which is exactly the kind of drift this module exists to absorb.
     """
+    if _preallocated(cache):
+        cache.crop(length)
+        return
     for layer in cache.layers:
         if getattr(layer, "keys", None) is not None and layer.keys.numel():
             layer.keys = layer.keys[..., :length, :]
@@ -342,18 +352,26 @@ def crop_cache(cache, length: int) -> None:
 
 
 def cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (keys, values) (B, H_kv, K, D) of a non-empty DynamicCache."""
+    """Per layer (keys, values) (B, H_kv, K, D) of a non-empty cache (a DynamicCache or the core's StaticCache)."""
+    if _preallocated(cache):
+        return cache.layers()
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def set_cache_kv(cache, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-    """Replace one layer's keys and values of a DynamicCache (a memory editing its slots)."""
+    """Replace one layer's keys and values (a memory editing its slots); a StaticCache copies them into its buffers."""
+    if _preallocated(cache):
+        cache.set_layer(layer_idx, keys, values)
+        return
     layer = cache.layers[layer_idx]
     layer.keys, layer.values = keys, values
 
 
 def cache_tensors(cache) -> dict[str, torch.Tensor]:
-    """Flat name -> tensor view of a DynamicCache, for saving."""
+    """Flat name -> tensor view of a cache, for saving (a StaticCache's are views of its buffers: copy them before the
+    cache changes)."""
+    if _preallocated(cache):
+        return cache.tensors()
     out = {}
     for i, layer in enumerate(cache.layers):
         if getattr(layer, "keys", None) is None or layer.keys is None:

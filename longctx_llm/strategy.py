@@ -60,9 +60,15 @@ class StrategyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: options that change only how fast a state runs, never what it holds: left out of :meth:`Strategy.identity`,
+    #: so a session saved with one setting restores under another
+    speed_only: ClassVar[frozenset[str]] = frozenset()
+
 
 class FastDecodeOptions(StrategyOptions):
     """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kv_cache.StaticCache`."""
+
+    speed_only: ClassVar[frozenset[str]] = frozenset({"static_cache", "cuda_graphs", "compile"})
 
     static_cache: Optional[bool] = Field(
         None,
@@ -121,6 +127,11 @@ class Strategy(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options.model_dump()}
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`describe` without the speed-only options: what a saved session must match to be restored."""
+        skip = type(self.options).speed_only
+        return {k: v for k, v in self.describe().items() if k not in skip}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
@@ -394,10 +405,7 @@ class KVCacheState(StrategyState):
     def rewind(self, length: int) -> None:
         if not 0 <= length <= self.seen:
             raise LongctxError(f"cannot rewind to {length}: the cache holds {self.seen} tokens")
-        if isinstance(self.cache, StaticCache):
-            self.cache.crop(length)
-        else:
-            hf_adapter.crop_cache(self.cache, length)
+        hf_adapter.crop_cache(self.cache, length)
         self.seen = length
         self._first = None
         if self.padding is not None:
@@ -433,16 +441,7 @@ class KVCacheState(StrategyState):
         return [(k[..., start:end, :].clone(), v[..., start:end, :].clone()) for k, v in self._layers()]
 
     def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.cache, StaticCache):
-            return self.cache.layers()
         return hf_adapter.cache_kv(self.cache)
-
-    def _set_layer(self, i: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Replace layer i's entries (every layer must be replaced to the same length before the next forward)."""
-        if isinstance(self.cache, StaticCache):
-            self.cache.set_layer(i, keys, values)
-        else:
-            hf_adapter.set_cache_kv(self.cache, i, keys, values)
 
     def rotate_keys(self, kv: list[tuple[torch.Tensor, torch.Tensor]], delta: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``kv`` with keys moved by ``delta`` RoPE positions (float32 rotation, cast back)."""
@@ -472,8 +471,8 @@ class KVCacheState(StrategyState):
             tail_k, tail_v = k[..., end:, :], v[..., end:, :]
             if shift and tail_k.shape[-2]:
                 tail_k = self.rotate_keys([(tail_k, tail_v)], shift)[0][0]
-            self._set_layer(
-                i,
+            hf_adapter.set_cache_kv(  # every layer is replaced, to the same length, before the next forward
+                self.cache, i,
                 torch.cat([k[..., :start, :], nk.to(k.dtype), tail_k], dim=-2),
                 torch.cat([v[..., :start, :], nv.to(v.dtype), tail_v], dim=-2),
             )
@@ -489,10 +488,7 @@ class KVCacheState(StrategyState):
         self.splice(end - drop, self.seen, kv)
 
     def state_dict(self):
-        if isinstance(self.cache, StaticCache):
-            tensors = self.cache.tensors()
-        else:
-            tensors = dict(hf_adapter.cache_tensors(self.cache))
+        tensors = dict(hf_adapter.cache_tensors(self.cache))
         if self.padding is not None:
             tensors["padding"] = self.padding
         tensors["real_tokens"] = self.real_tokens

@@ -206,3 +206,62 @@ def test_cuda_graph_decode_equals_eager(tiny_model, name, kw):
     for t in range(5):
         one = torch.tensor([[t + 90]])
         assert _close_cuda(restored.forward(one), slow.forward(one))
+
+
+def test_reservation_is_capped_by_the_window(tiny_model_dir):
+    """A client asking for a huge reply gets a cache the size of the window, not of max_new_tokens."""
+    from longctx_llm import Engine
+
+    eng = Engine(str(tiny_model_dir), strategy={"name": "full", "static_cache": True, "max_length": 300},
+                 device="cpu", dtype="float32")
+    seen = []
+    original = StaticCache.reserve
+
+    def spy(self, tokens):
+        seen.append(tokens)
+        return original(self, tokens)
+
+    StaticCache.reserve = spy
+    try:
+        eng.complete("hello", max_new_tokens=2_000_000, temperature=0.0)
+    finally:
+        StaticCache.reserve = original
+    assert seen and max(seen) <= 300
+
+
+def test_sessions_restore_across_speed_only_options(tiny_model_dir, tmp_path):
+    """static_cache / cuda_graphs / compile change speed only: a session saved under one setting (or before these
+    options existed) restores under another, and answers the same."""
+    from longctx_llm import Engine
+
+    def engine(**opts):
+        return Engine(str(tiny_model_dir), strategy={"name": "full", **opts}, device="cpu", dtype="float32")
+
+    a = engine(static_cache=True)
+    first = a.chat([{"role": "user", "content": "hi"}], session_id="s", max_new_tokens=4, temperature=0.0)
+    a.save_session("s", tmp_path / "saved")
+    b = engine()  # the default (DynamicCache on CPU)
+    b.load_session(tmp_path / "saved", "s")
+    assert a._header()["strategy"] == b._header()["strategy"] == {
+        "name": "full", "max_length": None, "prefill_chunk_size": 2048  # what sessions saved before the options hold
+    }
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": first.text},
+            {"role": "user", "content": "more"}]
+    ra = a.chat(msgs, session_id="s", max_new_tokens=4, temperature=0.0)
+    rb = b.chat(msgs, session_id="s", max_new_tokens=4, temperature=0.0)
+    assert ra.token_ids == rb.token_ids
+
+
+def test_adapter_cache_functions_take_a_static_cache(tiny_model):
+    """hf_adapter's cache helpers (used by benchmarks and memories) work on the preallocated cache too."""
+    from longctx_llm import hf_adapter
+
+    st = _strategy("full", static_cache=True).new_state(tiny_model("llama"), 1)
+    st.forward(torch.randint(5, 1000, (1, 20)))
+    kv = hf_adapter.cache_kv(st.cache)
+    assert len(kv) == 2 and kv[0][0].shape[2] == 20
+    assert set(hf_adapter.cache_tensors(st.cache)) == {"layer0.keys", "layer0.values", "layer1.keys", "layer1.values"}
+    hf_adapter.crop_cache(st.cache, 12)
+    assert hf_adapter.cache_length(st.cache) == 12
+    hf_adapter.set_cache_kv(st.cache, 0, kv[0][0][:, :, :5].clone(), kv[0][1][:, :, :5].clone())
+    assert st.cache.length == 5
