@@ -150,3 +150,35 @@ def variant_specs(args, max_length: int) -> dict[str, dict]:
             spec[key] = _option_value(value)
         specs[label] = spec
     return specs
+
+
+def load_tokenizer(tokenizer_dir=None, model: str = "smollm2-135m-instruct"):
+    """A tokenizer directory's tokenizer, or (None) the tokenizer of ``model`` (an alias, directory or .gguf)."""
+    if tokenizer_dir:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    from longctx_llm.models import ModelHandle
+
+    return ModelHandle(model, device="cpu").get().tokenizer
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes/s of a large device-to-device copy (read + write), best of 6."""
+    device = torch.device(device)
+    n = 1 << 28 if device.type == "cuda" else 1 << 24
+    a = torch.empty(n, dtype=torch.float32, device=device).normal_()
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(6):
+        sync(device)
+        t = time.perf_counter()
+        b.copy_(a)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.numel() * 4 / best

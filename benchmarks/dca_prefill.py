@@ -18,15 +18,12 @@ import sys
 import time
 
 import torch
-from _common import add_model_shape_args, header, out_dir, plot, print_table, random_llama, write_json
+from _common import (
+    add_model_shape_args, copy_bandwidth, header, out_dir, plot, print_table, random_llama, sync, write_json,
+)
 
 from longctx_llm import registry
 from longctx_llm.models import ModelHandle
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def strategies(max_length: int):
@@ -46,20 +43,6 @@ def prefill_seconds(strategy, loaded, ids, repeats: int) -> float:
         best = min(best, time.perf_counter() - t)
         del state
     return best
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes/s of a large device-to-device copy (read + write)."""
-    n = 1 << 28 if device.type == "cuda" else 1 << 24
-    a = torch.empty(n, dtype=torch.float32, device=device).normal_()
-    b = torch.empty_like(a)
-    b.copy_(a)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(5):
-        b.copy_(a)
-    sync(device)
-    return 5 * 2 * a.numel() * 4 / (time.perf_counter() - t)
 
 
 def main(argv=None) -> int:

@@ -25,29 +25,11 @@ import sys
 import time
 
 import torch
-from _common import add_model_shape_args, header, out_dir, print_table, random_llama, write_json
+from _common import (
+    add_model_shape_args, copy_bandwidth, header, load_tokenizer, out_dir, print_table, random_llama, sync, write_json,
+)
 
 from longctx_llm import registry
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes/s of a large device-to-device copy (read + write), best of 5."""
-    n = 1 << 28 if device.type == "cuda" else 1 << 24
-    a = torch.empty(n, dtype=torch.float32, device=device).normal_()
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(6):
-        sync(device)
-        t = time.perf_counter()
-        b.copy_(a)
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * a.numel() * 4 / best
 
 
 def bytes_per_token(lm, args, context: int) -> int:
@@ -129,15 +111,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        from longctx_llm.models import ModelHandle
-
-        tok = ModelHandle("smollm2-135m-instruct", device="cpu").get().tokenizer
-    lm = random_llama(args, tok, device, dtype)
+    lm = random_llama(args, load_tokenizer(args.tokenizer), device, dtype)
     bw = copy_bandwidth(device)
     gen = torch.Generator().manual_seed(0)
     results = {"info": header(args.device, layers=args.layers, hidden=args.hidden, copy_bandwidth_gb_s=bw / 1e9),

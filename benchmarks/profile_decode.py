@@ -11,10 +11,9 @@ import sys
 import time
 
 import torch
-from _common import add_model_shape_args, out_dir, random_llama, write_json
+from _common import add_model_shape_args, load_tokenizer, out_dir, random_llama, write_json
 
 from longctx_llm import registry
-from longctx_llm.models import ModelHandle
 
 
 def main(argv=None) -> int:
@@ -30,13 +29,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        tok = ModelHandle(args.model, device="cpu").get().tokenizer
-    lm = random_llama(args, tok, device, dtype)
+    lm = random_llama(args, load_tokenizer(args.tokenizer, args.model), device, dtype)
     x = torch.randint(10, args.vocab, (1, args.context))
     results = {}
     for name in args.strategies.split(","):
