@@ -63,6 +63,7 @@ class StaticCache:
         self.length = 0  # entries held
         self.generation = 0  # bumped whenever the buffers are replaced (captured graphs then go stale)
         self._fixed = False  # this forward is a fixed decode step
+        self._first_zero = True  # view.first holds zeros
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)  # where the fixed step writes
         self.view = DecodeView(
             valid=torch.zeros(batch_size, dtype=torch.int32, device=self.device),
@@ -100,10 +101,12 @@ class StaticCache:
                 raise LongctxError(f"a fixed decode step feeds one token per row, got {new_tokens}")
             self._slot.fill_(self.length)
             self.view.valid.fill_(need)
-            if first is None:
-                self.view.first.zero_()
-            else:
+            if first is not None:
                 self.view.first.copy_(first)
+                self._first_zero = False
+            elif not self._first_zero:  # unpadded rows: zero once, not on every step
+                self.view.first.zero_()
+                self._first_zero = True
 
     def commit(self, new_tokens: int) -> None:
         self.length += new_tokens
