@@ -182,3 +182,16 @@ def copy_bandwidth(device) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * a.numel() * 4 / best
+
+
+def reply_timing(t0: float, first, end: float, tokens: int) -> dict:
+    """One streamed reply's figures: time to first token, total time, tokens/s over the whole request and after the
+    first token (``first``: when the first chunk arrived, None if none did)."""
+    first = first or end
+    return {
+        "ttft_ms": 1000 * (first - t0),
+        "total_s": end - t0,
+        "tokens": tokens,
+        "tok_s": tokens / (end - t0),
+        "decode_tok_s": (tokens - 1) / (end - first) if tokens > 1 and end > first else float("nan"),
+    }

@@ -20,32 +20,25 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table  # noqa: E402
+from _common import print_table, reply_timing  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
 
 def timed(chunks) -> dict:
+    """Consume a stream; when it started, when its first chunk came, when it ended, how many chunks."""
     t0 = time.perf_counter()
     first = None
     n = 0
-    for c in chunks:
+    for _ in chunks:
         if first is None:
             first = time.perf_counter()
         n += 1
-    end = time.perf_counter()
-    return {"t0": t0, "first": first or end, "end": end, "chunks": n}
+    return {"t0": t0, "first": first, "end": time.perf_counter(), "chunks": n}
 
 
 def row(t: dict, tokens: int) -> dict:
-    total = t["end"] - t["t0"]
-    return {
-        "ttft_ms": 1000 * (t["first"] - t["t0"]),
-        "total_s": total,
-        "tokens": tokens,
-        "tok_s": tokens / total,
-        "decode_tok_s": (tokens - 1) / (t["end"] - t["first"]) if tokens > 1 and t["end"] > t["first"] else float("nan"),
-    }
+    return reply_timing(t["t0"], t["first"], t["end"], tokens)
 
 
 def main(argv=None) -> int:

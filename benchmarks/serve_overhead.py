@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table  # noqa: E402
+from _common import print_table, reply_timing  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -32,7 +32,7 @@ def in_process(engine, messages, tokens: int) -> dict:
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    return _row(t0, first, end, stream.completion.completion_tokens)
+    return reply_timing(t0, first, end, stream.completion.completion_tokens)
 
 
 def over_http(client, model: str, messages, tokens: int) -> dict:
@@ -46,18 +46,7 @@ def over_http(client, model: str, messages, tokens: int) -> dict:
         if chunk.usage is not None:
             n = chunk.usage.completion_tokens
     end = time.perf_counter()
-    return _row(t0, first, end, n)
-
-
-def _row(t0: float, first: float, end: float, n: int) -> dict:
-    first = first or end
-    return {
-        "ttft_ms": 1000 * (first - t0),
-        "total_s": end - t0,
-        "tokens": n,
-        "tok_s": n / (end - t0),
-        "decode_tok_s": (n - 1) / (end - first) if n > 1 and end > first else float("nan"),
-    }
+    return reply_timing(t0, first, end, n)
 
 
 def median(rows: list[dict]) -> dict:
