@@ -14,6 +14,9 @@ The seams used (transformers 5.x):
   encoder's LoRA), values added after chosen decoder layers (RCC's per-layer injection), hidden states recorded at
   chosen positions (RCC's encoder). Hooks are registered for one forward call and removed after it, under the
   model's forward lock, so no module is patched and nothing outlives the call.
+- the RMSNorm classes of the Llama family (``FUSABLE_NORMS``): on a CUDA model each is replaced by a module holding
+  it and its weight that runs one Triton kernel for inference (:mod:`longctx_llm.fused_norm`); nothing else is
+  replaced.
 
 The version range below is the one the test-suite runs against (tests/unit/test_hf_adapter.py).
 """
@@ -201,6 +204,31 @@ def use_longctx_attention(model) -> None:
     """Point one loaded model at the dispatching attention function."""
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)
+
+
+#: RMSNorm classes whose forward is ``weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype)`` (checked against
+#: their source in tests/unit/test_fused_norm.py), which :class:`~longctx_llm.fused_norm.FusedRMSNorm` computes
+FUSABLE_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+
+
+def use_fused_norms(model, enabled: bool = True) -> int:
+    """Replace every RMSNorm of a fusable class with a :class:`~longctx_llm.fused_norm.FusedRMSNorm` holding it
+    (``enabled=False`` puts the originals back). Returns how many modules changed. Weights and state-dict keys stay
+    the same; on CPU, under autograd or ``torch.compile`` the replaced module's own forward runs."""
+    from .fused_norm import FusedRMSNorm
+
+    changed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if enabled and type(child).__name__ in FUSABLE_NORMS and hasattr(child, "variance_epsilon"):
+                setattr(parent, name, FusedRMSNorm(child))
+                changed += 1
+            elif not enabled and isinstance(child, FusedRMSNorm):
+                original = child.original
+                original.weight = child.weight
+                setattr(parent, name, original)
+                changed += 1
+    return changed
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -475,6 +503,10 @@ class ForwardHooks:
         layer_output: called with every decoder layer's output; returns the tensor the next layer receives.
         embedding: called with the input-embedding output (B, T, H); returns the tensor the first layer receives.
         final_norm: called with the final norm's output (B, T, H) (recording only: its return value is used).
+        replay_key: a hashable naming these hooks when every call of them is the same GPU program (they read only
+            weights and tensors at fixed addresses, decide nothing per call from values or positions), so a
+            forward with them may replay from a CUDA graph captured with them (RCC's reader LoRA at decode);
+            None: never replayed.
     """
 
     projections: tuple[str, ...] = ()
@@ -482,6 +514,7 @@ class ForwardHooks:
     layer_output: Optional[LayerHook] = None
     embedding: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     final_norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    replay_key: Optional[Any] = None
 
 
 def combined(*hooks: Optional[ForwardHooks]) -> Optional[ForwardHooks]:
@@ -515,12 +548,14 @@ def combined(*hooks: Optional[ForwardHooks]) -> Optional[ForwardHooks]:
             e = part.embedding(e)
         return e
 
+    keys = [h.replay_key for h in parts]
     return ForwardHooks(
         projections=tuple(dict.fromkeys(n for h in with_proj for n in h.projections)),
         projection=projection if with_proj else None,
         layer_output=layer_output if with_layer else None,
         embedding=embedding if with_emb else None,
         final_norm=norms[0] if norms else None,
+        replay_key=tuple(keys) if all(k is not None for k in keys) else None,
     )
 
 

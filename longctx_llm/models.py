@@ -318,6 +318,8 @@ def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
     """Make a :class:`LoadedModel` of an already-built transformers model (tests, notebooks, custom loading)."""
     model.eval()
     hf_adapter.use_longctx_attention(model)
+    if next(model.parameters()).is_cuda:
+        hf_adapter.use_fused_norms(model)  # one kernel per norm at decode (longctx_llm/fused_norm.py)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     param = next(model.parameters())

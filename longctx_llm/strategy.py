@@ -179,11 +179,11 @@ def fast_decode_defaults(model, static_cache: Optional[bool], cuda_graphs: Optio
     return static, graphs
 
 
-def _step(model, cache, attention, extra: dict, st: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+def _step(model, cache, attention, extra: dict, st: dict[str, torch.Tensor], keep: int, hooks=None) -> torch.Tensor:
     """One forward of a graph-replayed step, reading its inputs only from ``st`` (see :mod:`.cuda_graphs`)."""
     ctx = hf_adapter.AttentionContext(q_positions=st["q_positions"], attention=attention, extra=dict(extra))
     return hf_adapter.forward(model, st["input_ids"], position_ids=st["position_ids"], cache=cache, ctx=ctx,
-                              logits_to_keep=keep)
+                              logits_to_keep=keep, hooks=hooks)
 
 
 _COMPILED_STEP = None
@@ -320,11 +320,14 @@ class KVCacheState(StrategyState):
         self._fixed = fixed = self._fixed_step(T, new_mask)
         if static:
             self.cache.begin(T, fixed=fixed, first=self._first if key_padding is not None else None)
-        plain = (key_padding is None or fixed) and embeds is None and hooks is None
+        replayable = hooks is None or hooks.replay_key is not None  # hooks that are the same program every call
+        plain = (key_padding is None or fixed) and embeds is None and replayable
         key = self.graph_key(T, all_logits) if self.cuda_graphs and plain else None
+        if key is not None and hooks is not None:
+            key = (key, hooks.replay_key)
         try:
             if key is not None:
-                logits = self._graphed_forward(key, ids, rope, logical, all_logits)
+                logits = self._graphed_forward(key, ids, rope, logical, all_logits, hooks)
             else:
                 extra = self.attention_extra()
                 if fixed:
@@ -348,7 +351,7 @@ class KVCacheState(StrategyState):
         self.seen += T
         return logits
 
-    def _graphed_forward(self, key, ids, rope, logical, all_logits: bool) -> torch.Tensor:
+    def _graphed_forward(self, key, ids, rope, logical, all_logits: bool, hooks=None) -> torch.Tensor:
         runner = self._graphs
         generation = getattr(self.cache, "generation", 0)
         if runner is None or runner.owner is not self.cache or self._graph_generation != generation:
@@ -360,7 +363,7 @@ class KVCacheState(StrategyState):
             extra = {**extra, "decode": self.cache.view}
         model, cache = self.model.model, self.cache
         keep = 0 if all_logits else 1
-        compiled = _compiled_step() if self.compile_steps and self._fixed else None
+        compiled = _compiled_step() if self.compile_steps and self._fixed and hooks is None else None
 
         def forward(st: dict[str, torch.Tensor]) -> torch.Tensor:
             if compiled is not None and self.compile_steps:
@@ -370,7 +373,7 @@ class KVCacheState(StrategyState):
                     logger.warning("torch.compile of the decode step failed (%s: %s); running it uncompiled",
                                    type(exc).__name__, str(exc)[:500])
                     self.compile_steps = False
-            return _step(model, cache, attention, extra, st, keep)
+            return _step(model, cache, attention, extra, st, keep, hooks)
 
         return runner.run(key, {"input_ids": ids, "position_ids": rope, "q_positions": logical}, forward)
 

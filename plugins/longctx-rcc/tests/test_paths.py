@@ -84,3 +84,46 @@ def test_save_restore_continues_identically(tiny_model):
     other.load_state_dict(tensors, meta)
     nxt = torch.tensor([[5, 6, 7]])
     torch.testing.assert_close(other.forward(nxt, all_logits=True), st.forward(nxt, all_logits=True))
+
+
+def _fast_equals_eager(loaded, comp, device_tol, **fast):
+    """The decoder on the preallocated cache (fixed decode steps, reader LoRA included) against DynamicCache."""
+    a = state(loaded, comp, static_cache=False, cuda_graphs=False)
+    b = state(loaded, comp, static_cache=True, **fast)
+    dev = loaded.device
+    ids = torch.randint(0, 1000, (1, 37), device=dev)
+
+    def same(x, y):
+        assert (x - y).abs().max().item() < device_tol
+
+    same(a.forward(ids, all_logits=True), b.forward(ids, all_logits=True))
+    for t in range(30):  # one token at a time across two window boundaries (compressed mid-decode)
+        one = torch.tensor([[t + 5]], device=dev)
+        same(a.forward(one), b.forward(one))
+    assert a.windows == b.windows == 4
+    for st in (a, b):
+        st.rewind(40)  # back into compressed text
+    nxt = torch.tensor([[3, 4, 5]], device=dev)
+    same(a.forward(nxt, all_logits=True), b.forward(nxt, all_logits=True))
+    tensors, meta = b.state_dict()
+    c = state(loaded, comp, static_cache=True, **fast)
+    c.load_state_dict(tensors, meta)
+    for t in range(6):
+        one = torch.tensor([[t + 9]], device=dev)
+        same(a.forward(one), c.forward(one))
+    return b
+
+
+def test_static_cache_decode_equals_dynamic_cache(tiny_model):
+    """RCC's decoder takes the fixed decode step of the preallocated cache (the CUDA default) with the same logits."""
+    loaded = tiny_model("llama")
+    _fast_equals_eager(loaded, random_compressor(loaded), 2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graph_replayed_decode_with_reader_lora_equals_eager(tiny_model):
+    """On CUDA the decode steps, reader LoRA inside, replay from CUDA graphs: the eager DynamicCache logits."""
+    loaded = tiny_model("llama", device="cuda")
+    comp = random_compressor(loaded).to("cuda")
+    b = _fast_equals_eager(loaded, comp, 1e-4, cuda_graphs=True)
+    assert b.decoder._graphs is not None and b.decoder._graphs.captured >= 1

@@ -6,10 +6,13 @@ from typing import Optional
 
 from pydantic import Field, model_validator
 
-from longctx_llm.strategy import StrategyOptions
+from longctx_llm.strategy import FastDecodeOptions
 
 
-class RCCOptions(StrategyOptions):
+class RCCOptions(FastDecodeOptions):
+    """``static_cache`` / ``cuda_graphs`` / ``compile`` (from :class:`FastDecodeOptions`) apply to the decoder's cache:
+    on CUDA its decode steps, reader LoRA included, replay from CUDA graphs."""
+
     ratio: int = Field(32, gt=0, description="Compression ratio: a window of W tokens becomes W / ratio slots.")
     window: int = Field(
         1024, gt=0, description="Tokens per encoded window (at most the compressor's trained window; ratio divides it)."

@@ -23,7 +23,7 @@ import torch
 from longctx_llm import hf_adapter
 from longctx_llm.errors import AdapterError, ConfigError, InputError, LongctxError, SessionError, UnsupportedModelError
 from longctx_llm.progress import progress_bar
-from longctx_llm.strategy import Capabilities, KVCacheState, StrategyState, Strategy
+from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults
 
 from .compressor import RCCCompressor, find_shipped
 from .options import RCCOptions
@@ -38,7 +38,9 @@ class RCCState(StrategyState):
         self.model = model  # LoadedModel
         self.options, self.compressor = options, compressor
         self.window, self.per_window = options.window, options.window // options.ratio
-        self.decoder = KVCacheState(model, 1, prefill_chunk_size=options.prefill_chunk_size)
+        static, graphs = fast_decode_defaults(model, options.static_cache, options.cuda_graphs)
+        self.decoder = KVCacheState(model, 1, prefill_chunk_size=options.prefill_chunk_size, static_cache=static,
+                                    cuda_graphs=graphs, compile_steps=options.compile)
         self.text: list[int] = []  # every token fed (rewinding into a compressed window re-encodes from these)
         self.windows = 0  # complete windows compressed into slots
         self.seen = 0
@@ -51,6 +53,10 @@ class RCCState(StrategyState):
     def cache_entries(self) -> int:
         """Entries the decoder's cache holds (slots + the current window's tokens)."""
         return self.decoder.seen
+
+    def reserve(self, tokens: int) -> None:
+        """The decoder's cache holds the slots of complete windows plus one window of text."""
+        self.decoder.reserve(-(-tokens // self.window) * self.per_window + self.window)
 
     # ---- compression ---------------------------------------------------------------------------------------
     def _compress(self, upto: int) -> None:
