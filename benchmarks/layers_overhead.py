@@ -9,6 +9,8 @@
 ``respond`` call the command makes, on an engine that is already loaded. Every path answers the same one-turn chat
 with no session (``run``'s session is reset before each run), so each pays one prefill and the same decode steps.
 The prompt asks for a long story, so every path runs to the token limit; the table reports the tokens produced.
+The last row is the engine with ``lookahead: false`` (each decode step queued only after the host has read the
+previous token), beside the default that overlaps the two.
 """
 
 from __future__ import annotations
@@ -67,10 +69,16 @@ def main(argv=None) -> int:
     llm = LongctxLLM(engine=engine, max_tokens=args.tokens, temperature=0.0)
     messages = [{"role": "user", "content": PROMPT}]
 
-    def engine_path():
-        stream = engine.stream_chat(messages, max_new_tokens=args.tokens, temperature=0.0)
+    def engine_path(e=engine):
+        stream = e.stream_chat(messages, max_new_tokens=args.tokens, temperature=0.0)
         t = timed(stream)
         return row(t, stream.completion.completion_tokens)
+
+    from longctx_llm import Engine
+
+    # the same engine without decoding one step ahead (``lookahead: false``): what the overlap is worth
+    stepwise = Engine(engine.loaded, strategy={"name": args.strategy, "lookahead": False},
+                      generation={"max_new_tokens": args.tokens, "temperature": 0.0})
 
     def run_path_counted():
         component.reset(obj, "run")
@@ -97,6 +105,7 @@ def main(argv=None) -> int:
         "longctx run (component.respond)": run_path_counted,
         "LangChain ChatLongctx.stream": langchain_path,
         "LlamaIndex LongctxLLM.stream_chat": llama_index_path,
+        "engine, lookahead: false": lambda: engine_path(stepwise),
     }
     for fn in paths.values():  # warm-up (allocator, kernels, CUDA graphs)
         fn()

@@ -71,7 +71,10 @@ class GraphRunner:
         static = {name: t.clone() for name, t in inputs.items()}
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: sessions in other threads keep running their own CUDA work (sampling, cache
+            # allocation, copies) during this capture; the capture only restricts this thread (the model lock keeps
+            # other threads' forwards out of it, and they use other streams than the capture's)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = forward(static)
         except Exception as exc:  # a kernel or library that cannot be captured: stay eager from now on
             logger.warning("CUDA graph capture failed (%s: %s); running this state eagerly", type(exc).__name__, exc)

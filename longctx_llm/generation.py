@@ -187,9 +187,19 @@ def generate(
     generated: list[list[int]] = [[] for _ in range(B)]
     finish: list[Optional[str]] = [None] * B
 
+    lookahead = bool(getattr(state, "lookahead", False))
     for step in range(params.max_new_tokens):
         next_tokens = sample(logits, params, generator)  # (B,)
-        tokens = next_tokens.tolist()
+        more = step < params.max_new_tokens - 1 and not (window is not None and state.seen + 1 > window)
+        ahead = None
+        if lookahead and more and step:  # queue the next step before the host sees this token (see _step_ahead);
+            # not for the first token: its text goes out first (the first decode step runs eagerly, a slow launch)
+            tokens, ahead = _step_ahead(state, next_tokens)
+            if fed_tokens is not None:
+                for r in range(B):
+                    fed_tokens[r].append(tokens[r])
+        else:
+            tokens = next_tokens.tolist()
         for r in range(B):
             if finish[r] is not None:
                 continue
@@ -205,11 +215,17 @@ def generate(
             if matchers[r].matched is not None:
                 finish[r] = "stop"
         if all(f is not None for f in finish):
+            if ahead is not None:  # the step queued ahead fed a token no row wants: take it back
+                state.rewind(state.seen - 1)
+                if fed_tokens is not None:
+                    for r in range(B):
+                        fed_tokens[r].pop()
             break
-        if step == params.max_new_tokens - 1:
+        if not more:
             break
-        if window is not None and state.seen + 1 > window:
-            break
+        if ahead is not None:
+            logits = ahead
+            continue
         logits = state.forward(next_tokens[:, None])[:, -1, :]  # every row's new token is real: no mask
         if fed_tokens is not None:
             for r in range(B):
@@ -241,6 +257,26 @@ def generate(
             )
         )
     return completions
+
+
+def _step_ahead(state: StrategyState, next_tokens: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Feed ``next_tokens`` (B,) before the host reads them: (their values, the next logits (B, V)).
+
+    On a GPU the token ids go to pinned host memory behind an event, then the next forward is queued, and only that
+    event is waited for: the host turns this token into text (and the caller's layers consume it) while the GPU
+    runs the next step. Every token is fed as it would be without this; if the reply then ends, the caller rewinds
+    the one token fed ahead. States opt in with ``lookahead`` (a cheap one-token rewind: the preallocated cache).
+    """
+    if next_tokens.is_cuda:
+        host = torch.empty(next_tokens.shape, dtype=next_tokens.dtype, pin_memory=True)
+        host.copy_(next_tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        logits = state.forward(next_tokens[:, None])[:, -1, :]
+        ready.synchronize()
+        return host.tolist(), logits
+    logits = state.forward(next_tokens[:, None])[:, -1, :]
+    return next_tokens.tolist(), logits
 
 
 def run_to_end(gen: Iterator[Delta]) -> list[Completion]:

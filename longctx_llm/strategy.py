@@ -68,7 +68,7 @@ class StrategyOptions(BaseModel):
 class FastDecodeOptions(StrategyOptions):
     """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kv_cache.StaticCache`."""
 
-    speed_only: ClassVar[frozenset[str]] = frozenset({"static_cache", "cuda_graphs", "compile"})
+    speed_only: ClassVar[frozenset[str]] = frozenset({"static_cache", "cuda_graphs", "compile", "lookahead"})
 
     static_cache: Optional[bool] = Field(
         None,
@@ -82,6 +82,12 @@ class FastDecodeOptions(StrategyOptions):
         False,
         description="torch.compile the graph-replayed decode step (fuses the model's small kernels; the first steps "
         "of a session wait for the compiler, a minute or more on an 8B model). Needs cuda_graphs.",
+    )
+    lookahead: Optional[bool] = Field(
+        None,
+        description="Queue each decode step before the host reads the token sampled last, so turning tokens into "
+        "text (and the LangChain / LlamaIndex / server layers) overlaps the GPU's next step; the one token fed ahead "
+        "is taken back when the reply ends. Needs static_cache. Default: on with CUDA graphs.",
     )
 
 
@@ -156,6 +162,11 @@ class StrategyState(ABC):
     def reserve(self, tokens: int) -> None:
         """A hint that the sequence will hold ``tokens`` tokens (prompt + reply); states that preallocate use it."""
 
+    #: the generation loop may feed a sampled token before the host reads it (overlapping the host's per-token work
+    #: with the GPU's next step) and rewind that one token when the reply ends: for states whose one-token rewind is
+    #: cheap and exact (see :func:`longctx_llm.generation._step_ahead`)
+    lookahead: bool = False
+
     #: whether memories may edit the cache (:meth:`KVCacheState.compact_tail` and friends)
     editable: bool = False
 
@@ -218,6 +229,7 @@ class KVCacheState(StrategyState):
         cuda_graphs: bool = False,
         static_cache: bool = False,
         compile_steps: bool = False,
+        lookahead: Optional[bool] = None,
     ):
         self.model = model  # LoadedModel
         self.batch_size = batch_size
@@ -233,6 +245,9 @@ class KVCacheState(StrategyState):
         self._first: Optional[torch.Tensor] = None  # (B,) first real key per row when padding is a left prefix
         self._fixed = False  # the forward being run is a fixed decode step
         self.cache = self.make_cache()
+        #: the CUDA fast path (preallocated cache, graph-replayed steps): rewinding a token is a length change
+        self.lookahead = (self.cuda_graphs if lookahead is None else bool(lookahead)) and isinstance(
+            self.cache, StaticCache)
         self.seen = 0
         self.padding: Optional[torch.Tensor] = None  # (B, seen) bool, None while no row has padding
         self.real_tokens = torch.zeros(batch_size, dtype=torch.long, device=model.device)  # (B,)

@@ -31,4 +31,5 @@ class FullStrategy(Strategy):
         return KVCacheState(
             model, batch_size, prefill_chunk_size=self.options.prefill_chunk_size,
             static_cache=static, cuda_graphs=graphs, compile_steps=self.options.compile,
+            lookahead=self.options.lookahead,
         )

@@ -265,3 +265,34 @@ def test_adapter_cache_functions_take_a_static_cache(tiny_model):
     assert hf_adapter.cache_length(st.cache) == 12
     hf_adapter.set_cache_kv(st.cache, 0, kv[0][0][:, :, :5].clone(), kv[0][1][:, :, :5].clone())
     assert st.cache.length == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_concurrent_sessions_while_graphs_are_captured(tiny_model):
+    """Sessions in other threads keep doing CUDA work (sampling, cache allocation, copies) while one thread captures
+    its decode graph: every reply is the one it gets alone (found by `longctx serve` under 16 clients: a request
+    failed with "operation not permitted when stream is capturing" before captures were thread-local)."""
+    import threading
+
+    from longctx_llm import Engine
+
+    engine = Engine(tiny_model("llama", device="cuda", max_positions=512), strategy="full")
+    prompts = [f"Tell me about the number {i}." for i in range(8)]
+    alone = [engine.chat([{"role": "user", "content": p}], max_new_tokens=40, temperature=0.0).text for p in prompts]
+    for _ in range(3):  # fresh sessions: every thread captures its own graphs while the others decode
+        got, errors = [None] * len(prompts), []
+
+        def ask(i):
+            try:
+                got[i] = engine.chat([{"role": "user", "content": prompts[i]}], session_id=f"s{i}-{_}",
+                                     max_new_tokens=40, temperature=0.0).text
+            except Exception as exc:  # noqa: BLE001  (collected, asserted below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert got == alone

@@ -83,7 +83,7 @@ class DCAState(KVCacheState):
         # aligned with DCA chunks, each prefill forward is one chunk: the intra part is one square causal call
         super().__init__(
             model, batch_size, prefill_chunk_size=options.prefill_chunk_size or sizes.chunk_len,
-            static_cache=static, cuda_graphs=graphs, compile_steps=options.compile,
+            static_cache=static, cuda_graphs=graphs, compile_steps=options.compile, lookahead=options.lookahead,
         )
         self._attention = self._make_attention()
 
