@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_model_shape_args, out_dir, print_table, random_llama, write_json  # noqa: E402
+from _common import _option_value, add_model_shape_args, out_dir, print_table, random_llama, write_json  # noqa: E402
 
 from longctx_llm import Engine, evaluate  # noqa: E402
 from longctx_llm import adapters as files  # noqa: E402
@@ -60,13 +60,22 @@ def main(argv=None) -> int:
     ids = list(range(1000, 1000 + 4096))
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        engine = Engine(loaded, strategy=specs[name])
+        base, *pairs = name.split("/")  # a variant may carry strategy options: rcc/encode_batch=2
+        if base not in specs:
+            raise SystemExit(f"--variants: unknown variant {base!r} (known: {', '.join(specs)})")
+        spec = dict(specs[base])
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--variants: {name!r}: expected option=value after '/', got {pair!r}")
+            spec[key] = _option_value(value)
+        engine = Engine(loaded, strategy=spec)
         for r in evaluate.speed(engine, ids, lengths, decode_tokens=args.decode_tokens):
             rows.append({"variant": name, **{k: v for k, v in r.items() if k != "strategy"}})
             print(rows[-1], flush=True)
-    base = {r["length"]: r for r in rows if r["variant"] == "full" and "error" not in r}
+    full = {r["length"]: r for r in rows if r["variant"] == "full" and "error" not in r}
     for r in rows:
-        b = base.get(r["length"])
+        b = full.get(r["length"])
         if b and "error" not in r:
             r["prefill_vs_full"] = round(r["prefill_s"] / b["prefill_s"], 3)
             r["peak_vs_full"] = round(r["peak_memory_mib"] / b["peak_memory_mib"], 3)
