@@ -76,9 +76,12 @@ def main(argv=None) -> int:
 
     from longctx_llm import Engine
 
-    # the same engine without decoding one step ahead (``lookahead: false``): what the overlap is worth
-    stepwise = Engine(engine.loaded, strategy={"name": args.strategy, "lookahead": False},
-                      generation={"max_new_tokens": args.tokens, "temperature": 0.0})
+    # the same engine without decoding one step ahead (``lookahead: false``): what the overlap is worth (strategies
+    # that have the option: full, dca, rcc)
+    stepwise = None
+    if "lookahead" in engine.strategy.Options.model_fields:
+        stepwise = Engine(engine.loaded, strategy={"name": args.strategy, "lookahead": False},
+                          generation={"max_new_tokens": args.tokens, "temperature": 0.0})
 
     def run_path_counted():
         component.reset(obj, "run")
@@ -105,8 +108,9 @@ def main(argv=None) -> int:
         "longctx run (component.respond)": run_path_counted,
         "LangChain ChatLongctx.stream": langchain_path,
         "LlamaIndex LongctxLLM.stream_chat": llama_index_path,
-        "engine, lookahead: false": lambda: engine_path(stepwise),
     }
+    if stepwise is not None:
+        paths["engine, lookahead: false"] = lambda: engine_path(stepwise)
     for fn in paths.values():  # warm-up (allocator, kernels, CUDA graphs)
         fn()
     results = {name: [] for name in paths}

@@ -74,6 +74,8 @@ def attend(
             try:
                 return triton_decode.attend(q, k, v, valid=valid, first=first, bounds=bounds, scale=scale,
                                             rotation=rotation)
+            except torch.OutOfMemoryError:
+                raise  # the request's problem, reported as such (not a reason to give up the kernel)
             except Exception as exc:  # a Triton that cannot build the kernel here: PyTorch from now on
                 if triton:
                     raise

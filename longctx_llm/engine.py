@@ -59,16 +59,20 @@ def _build_plugin(kind: str, spec: PluginSpec, default: str):
     return cls(options) if options is not None else cls()
 
 
-def _out_of_memory(gen: Iterator[Delta], device, tokens: int, on_oom=None) -> Iterator[Delta]:
+def _out_of_memory(gen: Iterator[Delta], loaded, tokens: int, on_oom=None) -> Iterator[Delta]:
     """Pass ``gen`` through; a device out-of-memory error becomes a :class:`ResourceError` after the allocator's
     cache is emptied and ``on_oom`` (e.g. dropping a session's half-updated cache) ran, so the next request runs."""
+    device = loaded.device
     try:
         return (yield from gen)
     except torch.OutOfMemoryError as e:
         if on_oom is not None:
             on_oom()
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            # under the model's lock: another session may be capturing a CUDA graph (always inside a forward, under
+            # this lock), and the allocator must not be emptied during a capture
+            with loaded.lock:
+                torch.cuda.empty_cache()
         raise ResourceError(
             f"out of memory on {device} for a {tokens}-token prompt ({str(e).splitlines()[0][:160]}); use a strategy "
             "with a bounded cache (streaming, rcc), a shorter prompt or a smaller dtype"
@@ -271,7 +275,7 @@ class Engine:
         state = state or self.strategy.new_state(loaded, 1)
         tensor = torch.tensor([ids], dtype=torch.long, device=loaded.device)
         gen = generate(state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window)
-        return _out_of_memory(gen, loaded.device, len(ids))
+        return _out_of_memory(gen, loaded, len(ids))
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -545,7 +549,7 @@ class Engine:
             session.cached_ids = []
             session.memory.reset()
 
-        return _out_of_memory(gen, loaded.device, len(ids), reset_state), on_done, session.lock.release
+        return _out_of_memory(gen, loaded, len(ids), reset_state), on_done, session.lock.release
 
     def chat(self, messages, session_id: Optional[str] = None, *, tools=None, **gen: Any) -> Completion:
         """Answer a conversation.

@@ -32,10 +32,16 @@ class FusedRMSNorm(nn.Module):
         self.weight = original.weight  # the same Parameter: loading and saving see one tensor under the same key
         self.variance_epsilon = float(original.variance_epsilon)
         self._original = (original,)  # a tuple, so it is not a submodule (no second state-dict entry)
+        self.train(original.training)
 
     @property
     def original(self) -> nn.Module:
-        return self._original[0]
+        """The replaced module, holding this module's current ``weight`` (one that was assigned a new Parameter,
+        e.g. by ``load_state_dict(assign=True)``, passes it on)."""
+        module = self._original[0]
+        if module.weight is not self.weight:
+            module.weight = self.weight
+        return module
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, replaces {type(self.original).__name__}"
@@ -53,6 +59,8 @@ class FusedRMSNorm(nn.Module):
                 from . import triton_norm
 
                 return triton_norm.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+            except torch.OutOfMemoryError:
+                raise  # the request's problem, reported as such (not a reason to give up the kernel)
             except Exception as exc:  # no Triton, or one that cannot build the kernel here
                 _KERNEL_OFF.add((hidden_states.device.type, hidden_states.dtype))
                 logger.warning("fused RMSNorm: kernel unavailable on %s/%s (%s: %s); using the model's own norm",

@@ -265,13 +265,17 @@ def _step_ahead(state: StrategyState, next_tokens: torch.Tensor) -> tuple[list[i
     On a GPU the token ids go to pinned host memory behind an event, then the next forward is queued, and only that
     event is waited for: the host turns this token into text (and the caller's layers consume it) while the GPU
     runs the next step. Every token is fed as it would be without this; if the reply then ends, the caller rewinds
-    the one token fed ahead. States opt in with ``lookahead`` (a cheap one-token rewind: the preallocated cache).
+    the one token fed ahead (a stream closed by its reader keeps it: the session's cache and token record still
+    agree, and the next turn rewinds to what it needs). Used when ``state.lookahead`` is true: by default the CUDA
+    fast path of :class:`~longctx_llm.strategy.KVCacheState` (a one-token rewind is a length change there) and RCC
+    over it.
     """
     if next_tokens.is_cuda:
         host = torch.empty(next_tokens.shape, dtype=next_tokens.dtype, pin_memory=True)
-        host.copy_(next_tokens, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
+        with torch.cuda.device(next_tokens.device):  # the copy's stream, also for a model on cuda:1
+            host.copy_(next_tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
         logits = state.forward(next_tokens[:, None])[:, -1, :]
         ready.synchronize()
         return host.tolist(), logits

@@ -220,7 +220,9 @@ def use_fused_norms(model, enabled: bool = True) -> int:
     changed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if enabled and type(child).__name__ in FUSABLE_NORMS and hasattr(child, "variance_epsilon"):
+            cls = type(child)
+            ours = cls.__name__ in FUSABLE_NORMS and cls.__module__.startswith("transformers.models.")
+            if enabled and ours and hasattr(child, "variance_epsilon"):  # not remote code that reuses a name
                 setattr(parent, name, FusedRMSNorm(child))
                 changed += 1
             elif not enabled and isinstance(child, FusedRMSNorm):

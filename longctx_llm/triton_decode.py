@@ -13,6 +13,8 @@ CPU tensors, which is how the tests check it against :func:`~longctx_llm.decode_
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -153,6 +155,12 @@ def _programs(device: torch.device) -> int:
 
 def attend(q, k, v, *, valid, first, bounds, scale: float, rotation=None) -> torch.Tensor:
     """See :func:`longctx_llm.decode_attention.attend` (same arguments, first/bounds given)."""
+    # Triton launches on the current device: make it the tensors' (a model on cuda:1)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        return _attend(q, k, v, valid=valid, first=first, bounds=bounds, scale=scale, rotation=rotation)
+
+
+def _attend(q, k, v, *, valid, first, bounds, scale: float, rotation=None) -> torch.Tensor:
     B, P, H, D = q.shape
     if rotation is not None:
         cos, sin, factor = rotation

@@ -2,13 +2,15 @@
 
 One program per row: load the row, sum of squares in float32, scale by ``rsqrt(mean + eps)``, round to the input's
 dtype, multiply by the weight (in float32, rounded to the output's dtype). That is the arithmetic of transformers'
-Llama / Mistral / Qwen2 / Qwen3 RMSNorm, in one kernel instead of its seven (upcast, square, mean, add, rsqrt,
-multiply, downcast) and the weight's multiply: at batch 1 those are a large share of a decode step's launches.
+Llama / Mistral / Qwen2 / Qwen3 RMSNorm, in one kernel instead of its eight (upcast, square, mean, add, rsqrt,
+multiply, downcast, the weight's multiply): at batch 1 those are a large share of a decode step's launches.
 
 Importing this module imports Triton; with ``TRITON_INTERPRET=1`` it also runs on CPU tensors (the tests).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -17,7 +19,7 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(X, W, Y, stride_x, stride_y, N, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * stride passes 2**31 on long prefills of large models
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
@@ -36,7 +38,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         rows = rows.contiguous()
     out = torch.empty(rows.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](
-            rows, weight, out, rows.stride(0), out.stride(0), n, float(eps), BLOCK=triton.next_power_of_2(n),
-        )
+        # Triton launches on the current device: make it the tensor's (a model on cuda:1)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            _rms_norm_kernel[(rows.shape[0],)](
+                rows, weight, out, rows.stride(0), out.stride(0), n, float(eps), BLOCK=triton.next_power_of_2(n),
+            )
     return out.reshape(*x.shape[:-1], n)

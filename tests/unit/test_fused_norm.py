@@ -114,3 +114,60 @@ def test_cuda_model_uses_the_kernel_and_matches(tiny_model):
     with torch.inference_mode():
         plain = model(ids).logits
     assert (fused - plain).abs().max() < 1e-4
+
+
+def test_a_weight_assigned_later_is_the_one_used(tiny_model):
+    """load_state_dict(assign=True) or a new Parameter replaces ``weight``: the fallback (CPU, autograd, compile)
+    uses it too, not the weight the module was built with."""
+    a, b = tiny_model("llama").model, tiny_model("llama", seed=1).model
+    with torch.no_grad():
+        for m in b.modules():
+            if type(m).__name__ == "LlamaRMSNorm":
+                m.weight.mul_(1.5)
+    ids = torch.randint(5, 1000, (1, 9))
+    with torch.no_grad():
+        want = b(ids).logits
+    hf_adapter.use_fused_norms(a)
+    a.load_state_dict(b.state_dict(), assign=True)
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, want)
+    norm = a.model.norm
+    norm.weight = torch.nn.Parameter(norm.weight.detach() * 2)
+    with torch.no_grad():
+        assert not torch.equal(a(ids).logits, want)
+        assert norm.original.weight is norm.weight
+
+
+def test_out_of_memory_in_the_kernel_is_raised_not_swallowed(monkeypatch):
+    """A kernel that ran out of memory is the request's error (the engine reports it and resets the session); only
+    other failures (no Triton, a kernel that cannot build) fall back, and then for good."""
+    import sys
+    import types
+
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    import longctx_llm
+    from longctx_llm import fused_norm
+
+    norm = FusedRMSNorm(LlamaRMSNorm(8))
+    monkeypatch.setattr(FusedRMSNorm, "_fast", lambda self, x: True)
+    fake = types.ModuleType("longctx_llm.triton_norm")
+    monkeypatch.setitem(sys.modules, "longctx_llm.triton_norm", fake)
+    monkeypatch.setattr(longctx_llm, "triton_norm", fake, raising=False)  # `from . import` reads the attribute
+    monkeypatch.setattr(fused_norm, "_KERNEL_OFF", set())
+    x = torch.randn(2, 8)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    fake.rms_norm = oom
+    with pytest.raises(torch.OutOfMemoryError):
+        norm(x)
+    assert not fused_norm._KERNEL_OFF
+
+    def broken(*a, **k):
+        raise RuntimeError("cannot build")
+
+    fake.rms_norm = broken
+    assert torch.equal(norm(x), norm.original(x))
+    assert fused_norm._KERNEL_OFF == {("cpu", torch.float32)}

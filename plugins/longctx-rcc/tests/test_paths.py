@@ -127,3 +127,30 @@ def test_graph_replayed_decode_with_reader_lora_equals_eager(tiny_model):
     comp = random_compressor(loaded).to("cuda")
     b = _fast_equals_eager(loaded, comp, 1e-4, cuda_graphs=True)
     assert b.decoder._graphs is not None and b.decoder._graphs.captured >= 1
+
+
+@pytest.mark.parametrize("prompt_len", [37, 48])  # the replies cross window ends; 48: the prompt ends on one
+def test_decoding_one_step_ahead_equals_step_by_step(tiny_model, prompt_len):
+    """``lookahead`` (the CUDA default) through the generation loop: the same replies, and the state ends where
+    step by step ends (a window compressed one token early answers the same)."""
+    from longctx_llm.config import GenerationConfig
+    from longctx_llm.generation import generate, run_to_end
+
+    loaded = tiny_model("llama")
+    comp = random_compressor(loaded)
+    ids = torch.randint(0, 1000, (1, prompt_len))
+    results = []
+    for on in (False, True):
+        st = state(loaded, comp, static_cache=True, lookahead=on)
+        assert st.lookahead is on
+        replies = []
+        for turn, n in enumerate((21, 1, 16)):  # three replies on one state, as a session's turns
+            prompt = ids if turn == 0 else torch.tensor([[7]])
+            fed = list(st.text) + prompt[0].tolist()  # what the state holds once the prompt is in (as a session)
+            params = GenerationConfig(max_new_tokens=n, temperature=0.0, stop=[])
+            (c,) = run_to_end(generate(st, loaded.tokenizer, prompt, None, params, frozenset(), fed_tokens=[fed]))
+            assert st.seen == len(fed) and st.text == fed
+            replies.append(c.token_ids)
+        results.append((replies, st.seen, st.forward(torch.tensor([[3]])).float()))
+    assert results[0][:2] == results[1][:2]
+    torch.testing.assert_close(results[0][2], results[1][2], atol=2e-5, rtol=1e-5)

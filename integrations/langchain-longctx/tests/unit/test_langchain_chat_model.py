@@ -47,7 +47,8 @@ def test_from_engine_shares_the_engine():
     engine = Engine(MODEL_PARAMS["model"], strategy="full", device="cpu", dtype="float32")
     llm = ChatLongctx.from_engine(engine, max_tokens=4)
     assert llm.engine is engine and llm.strategy == {
-        "name": "full", "static_cache": None, "cuda_graphs": None, "compile": False, "max_length": None, "prefill_chunk_size": 2048
+        "name": "full", "static_cache": None, "cuda_graphs": None, "compile": False, "lookahead": None, "max_length": None,
+        "prefill_chunk_size": 2048,
     }
     assert llm._get_ls_params(stop=["x"]) == {
         "ls_provider": "longctx", "ls_model_type": "chat", "ls_model_name": "smollm2-135m-instruct",

@@ -40,10 +40,16 @@ class RCCState(StrategyState):
         self.window, self.per_window = options.window, options.window // options.ratio
         static, graphs = fast_decode_defaults(model, options.static_cache, options.cuda_graphs)
         self.decoder = KVCacheState(model, 1, prefill_chunk_size=options.prefill_chunk_size, static_cache=static,
-                                    cuda_graphs=graphs, compile_steps=options.compile)
+                                    cuda_graphs=graphs, compile_steps=options.compile, lookahead=options.lookahead)
         self.text: list[int] = []  # every token fed (rewinding into a compressed window re-encodes from these)
         self.windows = 0  # complete windows compressed into slots
         self.seen = 0
+
+    @property
+    def lookahead(self) -> bool:
+        """Decode one step ahead when the decoder does (a token fed ahead across a window's end compresses that
+        window one token early; rewinding it leaves the window compressed, which the next token would do anyway)."""
+        return self.decoder.lookahead
 
     @property
     def slots(self) -> int:
