@@ -80,6 +80,7 @@ def test_eval_ppl_json(smollm, capsys):
     assert all(2 < r["ppl"] < 100 for r in res)
 
 
+@pytest.mark.slow  # 11 s (a pip install): runs in CI's `pytest -m slow` step
 def test_example_third_party_plugin_installs_and_runs(tmp_path):
     import shutil
 

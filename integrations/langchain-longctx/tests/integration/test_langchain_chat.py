@@ -164,6 +164,7 @@ async def _two_turns(llm, sid, prompt):
     return first.content, second.content
 
 
+@pytest.mark.slow  # 15 s: runs in CI's `pytest -m slow` step, keeping the README's test command under 5 minutes
 async def test_eight_concurrent_sessions_match_sequential_runs(smollm):
     llm = ChatLongctx(**MODEL_PARAMS, max_tokens=6, temperature=0)
     sequential = [await _two_turns(llm, f"seq-{i}", p) for i, p in enumerate(PROMPTS)]
