@@ -59,11 +59,18 @@ def main(argv=None) -> int:
     got = ours(n).token_ids
     want = theirs(n)[0, len(ids):].tolist()
     tokens = len(got)
-    rows = []
-    for name, fn in (("longctx-llm engine", ours), ("transformers generate", theirs)):
+    paths = (("longctx-llm engine", ours), ("transformers generate", theirs))
+    for _, fn in paths:
         fn(n)  # warm-up
-        total = statistics.median(timed(lambda: fn(n)) for _ in range(args.repeats))
-        prefill = statistics.median(timed(lambda: fn(1)) for _ in range(args.repeats))
+    totals = {name: [] for name, _ in paths}
+    prefills = {name: [] for name, _ in paths}
+    for _ in range(args.repeats):  # interleaved, so a drift of the machine's speed hits both paths alike
+        for name, fn in paths:
+            totals[name].append(timed(lambda: fn(n)))
+            prefills[name].append(timed(lambda: fn(1)))
+    rows = []
+    for name, _ in paths:
+        total, prefill = statistics.median(totals[name]), statistics.median(prefills[name])
         rows.append({"path": name, "new_tokens": tokens, "prefill_s": round(prefill, 4), "total_s": round(total, 3),
                      "decode_tokens_per_s": round((tokens - 1) / max(total - prefill, 1e-9), 2)})
     ratio = rows[0]["decode_tokens_per_s"] / rows[1]["decode_tokens_per_s"]
