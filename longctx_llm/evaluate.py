@@ -398,6 +398,7 @@ def speed(engine, ids: Sequence[int], lengths: Sequence[int], *, decode_tokens: 
             prompt = (list(ids) * (n // max(1, len(ids)) + 1))[:n]
             with Peak(device) as peak:
                 state = engine.strategy.new_state(loaded, 1)
+                state.reserve(n + decode_tokens)  # as the generation loop does: a preallocated cache sized once
                 _sync(device)
                 t0 = time.perf_counter()
                 logits = state.forward(torch.tensor([prompt], device=device))

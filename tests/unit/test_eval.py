@@ -114,3 +114,17 @@ def test_spans_are_deterministic_and_spread():
     a = spans(ids, 100, 5, seed=3)
     assert a == spans(ids, 100, 5, seed=3) and len({s[0] for s in a}) == 5
     assert a[-1][-1] <= 999
+
+
+def test_speed_sizes_a_preallocated_cache_as_generation_does(tiny_model, monkeypatch):
+    """`eval speed` reserves prompt + decode tokens up front, as the generation loop does, so a preallocated cache
+    is measured at the size a user's request gets (not grown in steps past it)."""
+    from longctx_llm import Engine, evaluate
+    from longctx_llm.kv_cache import StaticCache
+
+    engine = Engine(tiny_model("llama", max_positions=2048), strategy={"name": "full", "static_cache": True})
+    sizes = []
+    original = StaticCache.reserve
+    monkeypatch.setattr(StaticCache, "reserve", lambda self, tokens: sizes.append(tokens) or original(self, tokens))
+    rows = evaluate.speed(engine, list(range(100, 400)), [600], decode_tokens=4)
+    assert "error" not in rows[0] and sizes == [604]
