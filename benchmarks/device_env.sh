@@ -14,6 +14,21 @@ for d in .whl .whl2 .whl3; do
   fi
 done
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# .whlsplit (optional): wheels over one call's carry limit (Ray's is 79 MB), split as NAME.whl.part_aa, _ab, ... with
+# NAME.whl.parts holding their count; parts arrive over several calls, the wheel is assembled and installed once all
+# of them are in ${WHL_PARTS_DIR:-/root/whlparts}
+if [ -d .whlsplit ]; then
+  P=${WHL_PARTS_DIR:-/root/whlparts}; mkdir -p "$P"
+  cp -n .whlsplit/* "$P"/ 2>/dev/null || true
+  for count in "$P"/*.whl.parts; do
+    [ -f "$count" ] || continue
+    wheel=${count%.parts}
+    if [ ! -f "$wheel" ] && [ "$(ls "$wheel".part_* 2>/dev/null | wc -l)" -eq "$(cat "$count")" ]; then
+      cat "$wheel".part_* > "$wheel"
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel"
+    fi
+  done
+fi
 if [ -d .gguf ]; then
   for p in .gguf/part_*; do cp -n "$p" /root/ 2>/dev/null || true; done
   # the parts arrive one per call; the last one is smaller than the others

@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu.sh serve      the embedded model on the GPU through the layers (engine, `longctx run`,
 #                                     ChatLongctx, LongctxLLM) and `longctx serve` under 1/4/16 concurrent sessions
 #                                     (needs .whl2 and .whl3: the server's and the integrations' wheels)
+#   bash benchmarks/gpu.sh replicas   Ray Serve: 16 sessions on 1 then 2 replicas, one GPU each (a 2-GPU machine; Ray's
+#                                     wheels carried in .whl4 and, split, in .whlsplit: see benchmarks/README.md)
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
@@ -96,7 +98,12 @@ case "${1:-}" in
     python3 benchmarks/serve_throughput.py --model "$MODEL" --device cuda --clients 1,4,16 --tokens 128 2>&1 \
       | grep -v -i warn | tail -6
     ;;
+  replicas)  # an nvidia-h200-x2 (or more): Ray Serve with 1 then 2 replicas, one GPU each (needs Ray: .whl4, .whlsplit)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    python3 benchmarks/replicas_throughput.py --model "$MODEL" --replicas "${REPLICAS:-1,2}" --clients 16 --tokens 128 \
+      2>&1 | grep -v -i "warn\|INFO" | tail -6
+    ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|quality|bench|decode|serve|fetch DIR" >&2; exit 2 ;;
+  *) echo "usage: gpu.sh train|quality|bench|decode|serve|replicas|fetch DIR" >&2; exit 2 ;;
 esac
