@@ -15,48 +15,19 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table  # noqa: E402
-from serve_throughput import TOPICS  # noqa: E402
+from serve_throughput import load  # noqa: E402
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def one(client, model: str, i: int, tokens: int, out: list) -> None:
-    t0 = time.perf_counter()
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
-        max_tokens=tokens, temperature=0, user=f"bench-{i}-{time.monotonic_ns()}",
-    )
-    r = raw.parse()
-    out.append((time.perf_counter() - t0, r.usage.completion_tokens, raw.headers.get("x-replica")))
-
-
-def load(client, model: str, clients: int, tokens: int) -> dict:
-    out: list = []
-    threads = [threading.Thread(target=one, args=(client, model, i, tokens, out)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if len(out) != clients:
-        raise SystemExit(f"{clients - len(out)} of {clients} requests failed")
-    toks = sum(k for _, k, _ in out)
-    return {"wall_s": wall, "tokens": toks, "tok_s": toks / wall,
-            "latency_median_s": statistics.median(s for s, _, _ in out), "latency_max_s": max(s for s, _, _ in out),
-            "replicas_used": len({r for _, _, r in out})}
 
 
 def main(argv=None) -> int:

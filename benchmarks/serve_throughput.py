@@ -28,12 +28,31 @@ TOPICS = ["a lighthouse", "a desert caravan", "a city library", "a mountain vill
 
 
 def one(client, model: str, i: int, tokens: int, out: list) -> None:
+    """One request of session i: appends (latency s, completion tokens, the replica that answered or None)."""
     t0 = time.perf_counter()
-    r = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
         max_tokens=tokens, temperature=0, user=f"bench-{i}-{time.monotonic_ns()}",
     )
-    out.append((time.perf_counter() - t0, r.usage.completion_tokens))
+    out.append((time.perf_counter() - t0, raw.parse().usage.completion_tokens, raw.headers.get("x-replica")))
+
+
+def load(client, model: str, clients: int, tokens: int) -> dict:
+    """``clients`` requests at once, each its own session: wall time, tokens/s over all, latency median/max."""
+    out: list = []
+    threads = [threading.Thread(target=one, args=(client, model, i, tokens, out)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if len(out) != clients:
+        raise SystemExit(f"{clients - len(out)} of {clients} requests failed")
+    toks = sum(k for _, k, _ in out)
+    return {"wall_s": wall, "tokens": toks, "tok_s": toks / wall,
+            "latency_median_s": statistics.median(s for s, _, _ in out), "latency_max_s": max(s for s, _, _ in out),
+            "replicas_used": len({r for _, _, r in out})}
 
 
 def main(argv=None) -> int:
@@ -59,19 +78,7 @@ def main(argv=None) -> int:
         client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=600)
         one(client, name, 0, args.tokens, [])  # warm-up
         for n in [int(c) for c in args.clients.split(",")]:
-            out: list = []
-            threads = [threading.Thread(target=one, args=(client, name, i, args.tokens, out)) for i in range(n)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            if len(out) != n:
-                raise SystemExit(f"{n - len(out)} of {n} requests failed")
-            toks = sum(k for _, k in out)
-            rows.append({"clients": n, "wall_s": wall, "tokens": toks, "tok_s": toks / wall,
-                         "latency_median_s": statistics.median(s for s, _ in out), "latency_max_s": max(s for s, _ in out)})
+            rows.append({"clients": n, **load(client, name, n, args.tokens)})
     for r in rows:
         r["vs_one_client"] = r["tok_s"] / rows[0]["tok_s"]
     loaded = engine.loaded

@@ -226,9 +226,7 @@ def use_fused_norms(model, enabled: bool = True) -> int:
                 setattr(parent, name, FusedRMSNorm(child))
                 changed += 1
             elif not enabled and isinstance(child, FusedRMSNorm):
-                original = child.original
-                original.weight = child.weight
-                setattr(parent, name, original)
+                setattr(parent, name, child.original)  # holding the current weight
                 changed += 1
     return changed
 
