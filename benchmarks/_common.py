@@ -75,6 +75,20 @@ def add_model_shape_args(p, layers: int = 4) -> None:
     p.add_argument("--vocab", type=int, default=128256)
 
 
+def random_compressor(loaded) -> str:
+    """A random RCC compressor of the shipped shape (window 1024, ratio 32, ranks 16) for ``loaded``, saved to a
+    temporary directory: speed and memory do not depend on its weights, and it travels to a GPU in no carry."""
+    import tempfile
+
+    from longctx_llm import adapters as files
+    from longctx_rcc.compressor import RCCCompressor
+
+    comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16, reader_rank=16)
+    path = Path(tempfile.mkdtemp()) / "random-compressor"
+    comp.save(path, {"base_model": {"name": "random", **files.model_facts(loaded.model)}})
+    return str(path)
+
+
 def random_llama(args, tokenizer, device, dtype, max_positions: int = 8192):
     """A random-weight Llama of the shape in ``args`` (see :func:`add_model_shape_args`), as a LoadedModel."""
     from transformers import LlamaConfig, LlamaForCausalLM

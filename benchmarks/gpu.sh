@@ -16,6 +16,12 @@
 #                                     (needs .whl2 and .whl3: the server's and the integrations' wheels)
 #   bash benchmarks/gpu.sh replicas   Ray Serve: 16 sessions on 1 then 2 replicas, one GPU each (a 2-GPU machine; Ray's
 #                                     wheels carried in .whl4 and, split, in .whlsplit: see benchmarks/README.md)
+#   bash benchmarks/gpu.sh rcc-sweep  several RCC trainings side by side on one GPU, each for $BUDGET seconds (a 135M model
+#                                     leaves most of an H200 idle): RCC_RUNS="name:options;name:options" (appended to
+#                                     the RCC defaults below); their logs and cards come back. Run again to continue
+#                                     them from their checkpoints in /root/train/sweep-NAME.
+#   bash benchmarks/gpu.sh memory     where RCC's peak GPU memory goes at 128k (the allocator's history), then RCC
+#                                     against plain attention's peak at 32k and 128k
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
@@ -58,6 +64,37 @@ case "${1:-}" in
     # logs, the cards of every run (the full encoder's weights are too large to bring back) and the bench's files
     (cd $W && tar -cf "$OUT/logs.tar" --ignore-failed-read *.log */adapter.json bench-out 2>/dev/null)
     ls -la "$OUT"
+    ;;
+  rcc-sweep)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    RCC=(--model "$MODEL" --model-name smollm2-135m-instruct --data "$TEXT" --steps 100000 --time-budget "$BUDGET"
+         --batch 16 --window 1024 --encoder lora --encoder-rank 16 --encoder-targets attention,mlp --lr 5e-4
+         --save-every 200)
+    IFS=';' read -ra RUNS <<< "${RCC_RUNS:?RCC_RUNS=\"name:options;...\"}"
+    pids=()
+    for run in "${RUNS[@]}"; do
+      name=${run%%:*}; opts=${run#*:}
+      # shellcheck disable=SC2086
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True longctx train rcc "${RCC[@]}" --out $W/sweep-$name $opts \
+        >> $W/sweep-$name.log 2>&1 &
+      pids+=($!)
+    done
+    (while sleep 60; do nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader; done) &
+    watch=$!
+    wait "${pids[@]}"
+    kill $watch
+    for run in "${RUNS[@]}"; do
+      name=${run%%:*}; echo "== $name: ${run#*:}"; grep -v -i "warn\|Loading" $W/sweep-$name.log | grep "step\|gap\|acc" | tail -12
+    done
+    (cd $W && tar -cf "$OUT/sweep.tar" sweep-*.log sweep-*/adapter.json 2>/dev/null)
+    ls -la "$OUT"
+    ;;
+  memory)
+    # RANDOM=--random-compressor: a random compressor of the shipped shape (when the shipped one is not carried)
+    python3 benchmarks/memory_history.py --model "$MODEL" --strategy rcc --length 131072 ${RANDOM:-} --out "$OUT" 2>&1 \
+      | grep -v -i warn | tail -40
+    python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 32768,131072 --variants full,rcc --decode-tokens 64 \
+      ${RANDOM:-} --out "$OUT" 2>&1 | grep -v -i warn | tail -8
     ;;
   quality)  # the freshly trained adapters in /root/train through the inference path, on the GPU
     mkdir -p $W/quality
@@ -105,5 +142,5 @@ case "${1:-}" in
     ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|quality|bench|decode|serve|replicas|fetch DIR" >&2; exit 2 ;;
+  *) echo "usage: gpu.sh train|rcc-sweep|memory|quality|bench|decode|serve|replicas|fetch DIR" >&2; exit 2 ;;
 esac

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import _option_value, add_model_shape_args, out_dir, print_table, random_llama, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    _option_value, add_model_shape_args, out_dir, print_table, random_compressor, random_llama, write_json,
+)
 
 from longctx_llm import Engine, evaluate  # noqa: E402
-from longctx_llm import adapters as files  # noqa: E402
 from longctx_llm.models import ModelHandle  # noqa: E402
 
 
@@ -36,13 +36,16 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="8192,32768,131072")
     p.add_argument("--variants", default="full,dca,rcc")
     p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--random-compressor", action="store_true",
+                   help="smollm2 shape: a random compressor of the shipped shape instead of the shipped one (speed and "
+                        "memory do not depend on its weights; the llama-8b shape always takes one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.shape == "smollm2":
         loaded = ModelHandle(args.model, device=args.device).get()
-        rcc = {"name": "rcc"}
+        rcc = {"name": "rcc", **({"compressor": random_compressor(loaded)} if args.random_compressor else {})}
     else:
         from transformers import AutoTokenizer
 
@@ -50,12 +53,7 @@ def main(argv=None) -> int:
         dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
         loaded = random_llama(args, tok, dev, torch.bfloat16 if dev.startswith("cuda") else torch.float32,
                               max_positions=131072)
-        from longctx_rcc.compressor import RCCCompressor
-
-        comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16, reader_rank=16)
-        path = Path(tempfile.mkdtemp()) / "random-compressor"
-        comp.save(path, {"base_model": {"name": "random", **files.model_facts(loaded.model)}})
-        rcc = {"name": "rcc", "compressor": str(path)}
+        rcc = {"name": "rcc", "compressor": random_compressor(loaded)}
     specs = {"full": {"name": "full", "max_length": max(lengths) + 64}, "dca": {"name": "dca"}, "rcc": rcc}
     ids = list(range(1000, 1000 + 4096))
     rows = []

@@ -178,6 +178,11 @@ class RCCTrainer:
             raise InputError(f"--windows: expected comma-separated integers, got {args.windows!r}") from e
         if not n_windows or min(n_windows) < 1 or args.steps <= 0 or args.batch <= 0:
             raise InputError("--windows, --steps and --batch must be positive")
+        if args.cue < 1 or args.span < 1 or args.window * min(n_windows) < args.cue + args.span:
+            raise InputError(
+                f"--cue {args.cue} and --span {args.span} must be positive and fit in the context "
+                f"(--window {args.window} x {min(n_windows)} window(s))"
+            )
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
         model, device = loaded.model, loaded.device
         model.requires_grad_(False)
