@@ -90,11 +90,11 @@ case "${1:-}" in
     ls -la "$OUT"
     ;;
   memory)
-    # RANDOM=--random-compressor: a random compressor of the shipped shape (when the shipped one is not carried)
-    python3 benchmarks/memory_history.py --model "$MODEL" --strategy rcc --length 131072 ${RANDOM:-} --out "$OUT" 2>&1 \
+    # RCC_RANDOM=--random-compressor: a random compressor of the shipped shape (when the shipped one is not carried)
+    python3 benchmarks/memory_history.py --model "$MODEL" --strategy rcc --length 131072 ${RCC_RANDOM:-} --out "$OUT" 2>&1 \
       | grep -v -i warn | tail -40
     python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 32768,131072 --variants full,rcc --decode-tokens 64 \
-      ${RANDOM:-} --out "$OUT" 2>&1 | grep -v -i warn | tail -8
+      ${RCC_RANDOM:-} --out "$OUT" 2>&1 | grep -v -i warn | tail -8
     ;;
   quality)  # the freshly trained adapters in /root/train through the inference path, on the GPU
     mkdir -p $W/quality
