@@ -119,6 +119,10 @@ class CCMTrainer:
             raise InputError(f"--segments: need at least 2, got {args.segments}")
         if args.steps <= 0 or args.batch <= 0:
             raise InputError("--steps and --batch must be positive")
+        if not (0 <= args.chat_share and 0 <= args.fact_share and args.chat_share + args.fact_share <= 1):
+            raise InputError(
+                f"--chat-share {args.chat_share} and --fact-share {args.fact_share}: each at least 0, together at most 1"
+            )
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
@@ -150,8 +154,6 @@ class CCMTrainer:
         tokens_seen = int(meta.get("tokens", 0))
 
         maker = SampleMaker(train_stream, loaded.tokenizer, seed=training.stable_seed(args.seed, "samples", start))
-        if not 0 <= args.chat_share + args.fact_share <= 1:
-            raise InputError("--chat-share + --fact-share must be between 0 and 1")
         rng = random.Random(training.stable_seed(args.seed, start))
         gen = torch.Generator().manual_seed(training.stable_seed(args.seed, "data", start))
         autocast = training.autocast(device)

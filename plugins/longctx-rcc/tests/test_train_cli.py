@@ -1,0 +1,59 @@
+"""`longctx train rcc` end to end on a tiny model: the files, the card, resuming from the checkpoint, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longctx_llm import cli
+from longctx_llm.models import ModelHandle
+from longctx_rcc.compressor import RCCCompressor
+
+
+def _args(model_dir, data, out, steps):
+    return ["train", "rcc", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--steps", str(steps),
+            "--batch", "2", "--window", "64", "--ratio", "16", "--cue", "4", "--span", "8", "--continuation", "16",
+            "--encoder-rank", "2", "--slot-rank", "2", "--reader-rank", "2", "--eval-samples", "2",
+            "--save-every", "1", "--device", "cpu", "--dtype", "float32", "--warmup", "1"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    lines = [json.dumps({"text": f"Document {i}. " + "The quick brown fox jumps over the lazy dog. " * 20})
+             for i in range(12)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, corpus, tmp_path, capsys, caplog):
+    out = tmp_path / "rcc"
+    assert cli.main(_args(tiny_model_dir, corpus, out, 2)) == 0
+    card = json.loads((out / "adapter.json").read_text())
+    assert card["kind"] == "rcc" and card["training"]["steps"] == 2
+    assert card["config"]["ratio"] == 16 and card["config"]["window"] == 64
+    assert set(card["heldout"]) >= {"gap_closed", "acc_rcc", "acc_full", "samples"}
+    assert card["data"]["documents"] == 12 and card["data"]["heldout_documents"] >= 1
+    loaded = ModelHandle(str(tiny_model_dir), device="cpu").get()
+    first = RCCCompressor.load(out, loaded.model, loaded.fingerprint).tensors()
+    # a second run with more steps continues from the checkpoint (not from step 0) and rewrites the files
+    with caplog.at_level("WARNING", logger="longctx_llm.train"):
+        assert cli.main(_args(tiny_model_dir, corpus, out, 3)) == 0
+    assert "resuming" in caplog.text
+    card = json.loads((out / "adapter.json").read_text())
+    assert card["training"]["steps"] == 3
+    again = RCCCompressor.load(out, loaded.model, loaded.fingerprint).tensors()
+    assert any(not (first[k] == again[k]).all() for k in first)  # the third step changed the weights
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["--window", "60"], "not a multiple of --ratio"),
+    (["--span", "80"], "must be positive and fit in the context"),
+    (["--windows", "1,x"], "comma-separated integers"),
+])
+def test_train_rejects_bad_options_before_any_work(tiny_model_dir, corpus, tmp_path, capsys, bad, match):
+    out = tmp_path / "rcc"
+    assert cli.main(_args(tiny_model_dir, corpus, out, 2) + bad) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
