@@ -91,3 +91,15 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """A .jsonl of 12 short documents, the training text of the trainers' end-to-end tests."""
+    import json
+
+    lines = [json.dumps({"text": f"Document {i}. " + "The quick brown fox jumps over the lazy dog. " * 20})
+             for i in range(12)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines))
+    return path

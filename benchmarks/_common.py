@@ -80,8 +80,9 @@ def random_compressor(loaded) -> str:
     temporary directory: speed and memory do not depend on its weights, and it travels to a GPU in no carry."""
     import tempfile
 
-    from longctx_llm import adapters as files
     from longctx_rcc.compressor import RCCCompressor
+
+    from longctx_llm import adapters as files
 
     comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16, reader_rank=16)
     path = Path(tempfile.mkdtemp()) / "random-compressor"

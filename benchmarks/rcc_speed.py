@@ -20,7 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    _option_value, add_model_shape_args, out_dir, print_table, random_compressor, random_llama, write_json,
+    _option_value,
+    add_model_shape_args,
+    out_dir,
+    print_table,
+    random_compressor,
+    random_llama,
+    write_json,
 )
 
 from longctx_llm import Engine, evaluate  # noqa: E402

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from longctx_rcc.compressor import RCCCompressor
 
 from longctx_llm import cli
 from longctx_llm.models import ModelHandle
-from longctx_rcc.compressor import RCCCompressor
 
 
 def _args(model_dir, data, out, steps):
@@ -18,18 +18,9 @@ def _args(model_dir, data, out, steps):
             "--save-every", "1", "--device", "cpu", "--dtype", "float32", "--warmup", "1"]
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    lines = [json.dumps({"text": f"Document {i}. " + "The quick brown fox jumps over the lazy dog. " * 20})
-             for i in range(12)]
-    path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, corpus, tmp_path, capsys, caplog):
+def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, tiny_corpus, tmp_path, capsys, caplog):
     out = tmp_path / "rcc"
-    assert cli.main(_args(tiny_model_dir, corpus, out, 2)) == 0
+    assert cli.main(_args(tiny_model_dir, tiny_corpus, out, 2)) == 0
     card = json.loads((out / "adapter.json").read_text())
     assert card["kind"] == "rcc" and card["training"]["steps"] == 2
     assert card["config"]["ratio"] == 16 and card["config"]["window"] == 64
@@ -39,7 +30,7 @@ def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, corpus, 
     first = RCCCompressor.load(out, loaded.model, loaded.fingerprint).tensors()
     # a second run with more steps continues from the checkpoint (not from step 0) and rewrites the files
     with caplog.at_level("WARNING", logger="longctx_llm.train"):
-        assert cli.main(_args(tiny_model_dir, corpus, out, 3)) == 0
+        assert cli.main(_args(tiny_model_dir, tiny_corpus, out, 3)) == 0
     assert "resuming" in caplog.text
     card = json.loads((out / "adapter.json").read_text())
     assert card["training"]["steps"] == 3
@@ -52,8 +43,8 @@ def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, corpus, 
     (["--span", "80"], "must be positive and fit in the context"),
     (["--windows", "1,x"], "comma-separated integers"),
 ])
-def test_train_rejects_bad_options_before_any_work(tiny_model_dir, corpus, tmp_path, capsys, bad, match):
+def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, tmp_path, capsys, bad, match):
     out = tmp_path / "rcc"
-    assert cli.main(_args(tiny_model_dir, corpus, out, 2) + bad) == 2
+    assert cli.main(_args(tiny_model_dir, tiny_corpus, out, 2) + bad) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
