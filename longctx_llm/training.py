@@ -191,6 +191,14 @@ class Checkpoint:
         return int(card.get("step", 0)), dict(card.get("meta") or {})
 
 
+def save_interrupted(ckpt: "Checkpoint", step: int, params, optimizer, meta: dict) -> None:
+    """Ctrl-C during training: keep the last completed step in the checkpoint, so the same command resumes there."""
+    ckpt.save(step, params, optimizer, meta)
+    logging.getLogger("longctx_llm.train").warning(
+        "interrupted: step %d saved to %s; run the same command again to resume", step, ckpt.path
+    )
+
+
 class Progress:
     """A progress bar with loss and tokens/s (a log line every ``every`` steps when stderr is not a terminal)."""
 

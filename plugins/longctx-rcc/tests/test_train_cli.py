@@ -48,3 +48,29 @@ def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, 
     assert cli.main(_args(tiny_model_dir, tiny_corpus, out, 2) + bad) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_ctrl_c_keeps_the_last_step_and_the_same_command_resumes(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch,
+                                                                  caplog):
+    from longctx_llm import training
+
+    real = training.Progress.update
+
+    def interrupt_after_step_2(self, step, *a, **kw):
+        real(self, step, *a, **kw)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Progress, "update", interrupt_after_step_2)
+    out = tmp_path / "rcc"
+    args = _args(tiny_model_dir, tiny_corpus, out, 5) + ["--save-every", "100"]
+    with caplog.at_level("WARNING", logger="longctx_llm.train"):
+        assert cli.main(args) == 130
+    assert "interrupted: step 2 saved" in caplog.text
+    assert json.loads((out / "checkpoint" / "adapter.json").read_text())["step"] == 2
+    monkeypatch.setattr(training.Progress, "update", real)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longctx_llm.train"):
+        assert cli.main(args) == 0
+    assert "at step 2" in caplog.text
+    assert json.loads((out / "adapter.json").read_text())["training"]["steps"] == 5

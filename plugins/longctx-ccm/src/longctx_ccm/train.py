@@ -161,7 +161,7 @@ class CCMTrainer:
         adapter.train()
         t0 = time.perf_counter()
         budget = training.Budget(args.steps, args.time_budget, start)
-        step = start
+        step = done = start
         try:
             for step in range(start + 1, args.steps + 1):
                 k = rng.choices(ks, weights)[0]
@@ -181,12 +181,17 @@ class CCMTrainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
+                done = step
                 tokens_seen += ids.numel()
                 bar.update(step, loss.item(), ids.numel())
                 if budget.done(step):
                     break
                 if step % args.save_every == 0:
                     ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0))
+        except KeyboardInterrupt:
+            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0)
+            training.save_interrupted(ckpt, done, params, opt, meta)
+            raise
         finally:
             bar.close()
         wall += time.perf_counter() - t0

@@ -234,7 +234,7 @@ class RCCTrainer:
         comp.train()
         t0 = time.perf_counter()
         budget = training.Budget(args.steps, args.time_budget, start)
-        step = start
+        step = done = start
         try:
             for step in range(start + 1, args.steps + 1):
                 m = rng.choice(n_windows)
@@ -254,6 +254,7 @@ class RCCTrainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
+                done = step
                 n_tok = ctx.numel() + text.numel()
                 tokens_seen += n_tok
                 bar.update(step, loss.item(), n_tok)
@@ -261,6 +262,10 @@ class RCCTrainer:
                     break
                 if step % args.save_every == 0:
                     ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0))
+        except KeyboardInterrupt:
+            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0)
+            training.save_interrupted(ckpt, done, params, opt, meta)
+            raise
         finally:
             bar.close()
         wall += time.perf_counter() - t0
