@@ -84,7 +84,8 @@ def random_compressor(loaded) -> str:
 
     from longctx_llm import adapters as files
 
-    comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, slot_rank=16, reader_rank=16)
+    comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, encoder_projections=("attention", "mlp"),
+                         slot_rank=16, reader_rank=16)
     path = Path(tempfile.mkdtemp()) / "random-compressor"
     comp.save(path, {"base_model": {"name": "random", **files.model_facts(loaded.model)}})
     return str(path)
