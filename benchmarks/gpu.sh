@@ -23,6 +23,12 @@
 #   bash benchmarks/gpu.sh memory     where RCC's peak GPU memory goes at 128k (the allocator's history), then RCC
 #                                     against plain attention's peak at 32k and 128k
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
+#   bash benchmarks/gpu.sh mix-start  (one GPU) CCM and RCC side by side on the broad mix (benchmarks/train/broad-mix.yaml),
+#                                     each from the adapter in /root/keep/init/{ccm,rcc} (MIX_INIT=0: from scratch) or
+#                                     its checkpoint in /root/train/mix-*, for $BUDGET seconds, in the background (setsid:
+#                                     the runs outlast the call); returns after their first log lines
+#   bash benchmarks/gpu.sh mix-wait S up to S seconds: the runs' progress; once both have finished, their adapters
+#                                     (parts of 15 MB) and logs into $OUT
 # Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
 set -u
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
@@ -140,7 +146,46 @@ case "${1:-}" in
     python3 benchmarks/replicas_throughput.py --model "$MODEL" --replicas "${REPLICAS:-1,2}" --clients 16 --tokens 128 \
       2>&1 | grep -v -i "warn\|INFO" | tail -6
     ;;
+  mix-start)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    mkdir -p ../shared/data && for f in /root/keep/data/*; do ln -sf "$f" ../shared/data/; done
+    COMMON=(--model "$MODEL" --model-name smollm2-135m-instruct --data benchmarks/train/broad-mix.yaml --steps 100000
+            --time-budget "$BUDGET" --save-every 200 --lr "${MIX_LR:-3e-4}" --warmup 50)
+    CCM=(--batch 32 --segments 5 --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25
+         --modes concat,merge --merge-share 0.25 --chat-share 0.3 --fact-share 0.3 --rank 32 --targets attention,mlp
+         --eval-samples 256)
+    RCC=(--batch 16 --ratio 32 --window 1024 --windows 1,1,2 --continuation 128 --cue 8 --span 64 --recon-share 0.6
+         --encoder lora --encoder-rank 16 --encoder-targets attention,mlp --slot-rank 16 --reader-rank 16
+         --eval-samples 128)
+    if [ "${MIX_INIT:-1}" = 1 ]; then CCM+=(--init /root/keep/init/ccm); RCC+=(--init /root/keep/init/rcc); fi
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    # shellcheck disable=SC2086
+    setsid nohup python3 -m longctx_llm.cli train ccm "${COMMON[@]}" --out $W/mix-ccm "${CCM[@]}" ${CCM_ARGS:-} \
+      >> $W/mix-ccm.log 2>&1 < /dev/null &
+    # shellcheck disable=SC2086
+    setsid nohup python3 -m longctx_llm.cli train rcc "${COMMON[@]}" --out $W/mix-rcc "${RCC[@]}" ${RCC_ARGS:-} \
+      >> $W/mix-rcc.log 2>&1 < /dev/null &
+    sleep "${MIX_SETTLE:-90}"
+    for f in ccm rcc; do echo "== $f"; grep -v -i "warn" $W/mix-$f.log | tail -5; done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    ;;
+  mix-wait)
+    end=$((SECONDS + ${2:-500}))
+    while [ $SECONDS -lt $end ]; do
+      pgrep -f "longctx_llm.cli train" >/dev/null || break
+      sleep 15
+    done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    for f in ccm rcc; do echo "== $f"; grep -v -i "warn\|Loading" $W/mix-$f.log | grep -v '^ ' | tail -6; done
+    if ! pgrep -f "longctx_llm.cli train" >/dev/null; then
+      [ -f $W/mix-ccm/adapter.json ] && pack $W/mix-ccm mix-ccm
+      [ -f $W/mix-rcc/adapter.json ] && pack $W/mix-rcc mix-rcc
+      (cd $W && tar -cf "$OUT/mix-logs.tar" mix-*.log mix-*/adapter.json 2>/dev/null)
+      ls -la "$OUT"
+    fi
+    ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|rcc-sweep|memory|quality|bench|decode|serve|replicas|fetch DIR" >&2; exit 2 ;;
+  *) echo "usage: gpu.sh train|rcc-sweep|memory|quality|bench|decode|serve|replicas|fetch DIR|mix-start|mix-wait S" >&2
+     exit 2 ;;
 esac

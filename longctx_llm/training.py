@@ -1,7 +1,9 @@
 """What every adapter trainer shares (``longctx train ccm``, ``longctx train rcc``): data, checkpoints, progress.
 
-- :func:`load_corpus` tokenises a text file, holds out every 10th document (:data:`textdata.HOLDOUT_EVERY`) and
-  returns two token streams; :class:`TokenStream` samples contiguous spans from one.
+- :func:`read_data` reads and checks the ``--data`` files (one, several with weights, or a mix file:
+  :mod:`longctx_llm.datamix`) before any model loads; :func:`tokenize_data` makes the training and held-out streams
+  (every 10th document of each file held out, :data:`textdata.HOLDOUT_EVERY`); :class:`TokenStream` samples
+  contiguous spans from one; :func:`step_random` fixes each step's draws, so a resumed run sees the same data.
 - :class:`Checkpoint` saves the trainable tensors, the optimizer's moments and the step in the adapter file format
   (shards of at most 16 MB), so an interrupted run resumes where it stopped (``--resume``, the default when the
   output folder holds a checkpoint).
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import math
 import platform
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ import torch
 
 from . import adapters as files
 from .errors import InputError
-from .textdata import HOLDOUT_EVERY, read_documents, split_documents
+from .textdata import HOLDOUT_EVERY
 
 logger = logging.getLogger("longctx_llm.train")
 
@@ -53,31 +56,43 @@ class TokenStream:
         return self.sample(count, length, g)
 
 
-def load_corpus(path: str, tokenizer, every: int = HOLDOUT_EVERY) -> tuple[TokenStream, TokenStream, dict[str, Any]]:
-    """Tokenise ``path`` into (train, held-out) streams and describe it for the adapter card."""
-    docs = read_documents(path)
-    train, held = split_documents(docs, every)
-    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+@dataclass
+class Corpus:
+    """Token streams of the training text: training, held out (all files mixed), held out per file, card info."""
 
-    def stream(texts: list[str]) -> torch.Tensor:
-        out: list[int] = []
-        for t in texts:
-            out.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
-            out.append(sep)
-        return torch.tensor(out, dtype=torch.long)
+    train: Any  # datamix.MixedStream
+    heldout: Any
+    heldout_by_source: dict[str, Any]
+    info: dict[str, Any]
 
-    tr, ho = stream(train), stream(held)
-    info = {
-        "file": Path(path).name,
-        "sha256": files.sha256_file(path),
-        "documents": len(docs),
-        "train_documents": len(train),
-        "heldout_documents": len(held),
-        "heldout_rule": f"document index % {every} == {every - 1}" if len(docs) > 1 else f"last 1/{every} of the text",
-        "train_tokens": int(tr.numel()),
-        "heldout_tokens": int(ho.numel()),
-    }
-    return TokenStream(tr), TokenStream(ho), info
+
+def read_data(args) -> list:
+    """Read and check ``--data`` / ``--data-weights`` (every file, before any model loads)."""
+    from . import datamix
+
+    return datamix.read_mix(datamix.parse_data(args.data, getattr(args, "data_weights", None)))
+
+
+def tokenize_data(sources: list, tokenizer) -> Corpus:
+    from . import datamix
+
+    train, held, by_source, info = datamix.tokenize_mix(sources, tokenizer)
+    return Corpus(train, held, by_source, info)
+
+
+def load_corpus(path: str, tokenizer, every: int = HOLDOUT_EVERY) -> tuple[Any, Any, dict[str, Any]]:
+    """Tokenise one text file into (train, held-out) streams and describe it for the adapter card."""
+    from . import datamix
+
+    train, held, _, info = datamix.tokenize_mix(datamix.read_mix(datamix.parse_data([path]), every), tokenizer, every)
+    return train, held, info
+
+
+def step_random(seed: int, step: int) -> tuple[random.Random, torch.Generator]:
+    """The choices and the data of one step, fixed by (seed, step): a resumed run draws what an uninterrupted one
+    would have drawn at that step."""
+    return (random.Random(stable_seed(seed, step)),
+            torch.Generator().manual_seed(stable_seed(seed, "data", step)))
 
 
 def base_model_card(loaded, name: Optional[str] = None) -> dict[str, Any]:
@@ -88,7 +103,11 @@ def add_common_arguments(p) -> None:
     """Options every trainer takes."""
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF model dir or .gguf (default: %(default)s)")
     p.add_argument("--model-name", default=None, help="the base model's name recorded in the card (default: --model)")
-    p.add_argument("--data", required=True, help="training text: .txt or .jsonl[.gz] with a 'text' field")
+    p.add_argument("--data", required=True, action="append",
+                   help="training text: .txt or .jsonl[.gz] with a 'text' field; repeat for several files, or give one "
+                        "mix file (.yaml: files, weights, groups; see longctx_llm.datamix)")
+    p.add_argument("--data-weights", default=None,
+                   help="sampling weights of the --data files, e.g. 0.3,0.7 (default: by their training tokens)")
     p.add_argument("--out", required=True, help="output directory (also holds the resumable checkpoint)")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default: %(default)s)")
@@ -243,7 +262,11 @@ def command_line(trainer: str, args) -> str:
         if k in skip or v is None or v is False or callable(v):
             continue
         flag = "--" + k.replace("_", "-")
-        out += [flag] if v is True else [flag, str(v)]
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                out += [flag, str(item)]
+        else:
+            out += [flag] if v is True else [flag, str(v)]
     return " ".join(out)
 
 

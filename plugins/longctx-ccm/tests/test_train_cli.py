@@ -45,3 +45,19 @@ def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, 
     assert cli.main(_args(tiny_model_dir, tiny_corpus, out, 2) + bad) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_on_a_mix_file_reports_each_file_held_out(tiny_model_dir, tiny_corpus, tmp_path):
+    lines = [json.dumps({"text": f"Chapter {i}. " + "In the beginning was the word, and the word was long. " * 15,
+                         "source": f"book{i % 2}/ch{i}"}) for i in range(10)]
+    (tmp_path / "other.jsonl").write_text("\n".join(lines))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"sources:\n  - {{file: {tiny_corpus}, weight: 1}}\n"
+                   "  - {file: other.jsonl, weight: 1, group_by: package, size_exponent: 0}\n")
+    out = tmp_path / "ccm"
+    assert cli.main(_args(tiny_model_dir, mix, out, 2) + ["--chat-share", "0.5"]) == 0
+    card = json.loads((out / "adapter.json").read_text())
+    assert set(card["data"]["sources"][1]["groups"]) == {"book0", "book1"}
+    assert card["data"]["sources"][1]["groups"]["book0"]["share"] == 0.25  # exponent 0: groups drawn equally
+    assert set(card["heldout_by_source"]) == {"docs", "other"}
+    assert "chat_concat_k2" in card["heldout_by_source"]["other"]

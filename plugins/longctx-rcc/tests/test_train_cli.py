@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from longctx_rcc.compressor import RCCCompressor
 
 from longctx_llm import cli
@@ -74,3 +75,60 @@ def test_ctrl_c_keeps_the_last_step_and_the_same_command_resumes(tiny_model_dir,
         assert cli.main(args) == 0
     assert "at step 2" in caplog.text
     assert json.loads((out / "adapter.json").read_text())["training"]["steps"] == 5
+
+
+def _second_corpus(tmp_path):
+    lines = [json.dumps({"text": f"Chapter {i}. " + "In the beginning was the word, and the word was long. " * 15})
+             for i in range(10)]
+    path = tmp_path / "other.jsonl"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_train_on_a_weighted_mix_reports_each_file_held_out(tiny_model_dir, tiny_corpus, tmp_path):
+    out = tmp_path / "rcc"
+    other = _second_corpus(tmp_path)
+    args = _args(tiny_model_dir, tiny_corpus, out, 2) + ["--data", str(other), "--data-weights", "1,3"]
+    assert cli.main(args) == 0
+    card = json.loads((out / "adapter.json").read_text())
+    assert [s["file"] for s in card["data"]["sources"]] == ["docs.jsonl", "other.jsonl"]
+    assert [s["weight"] for s in card["data"]["sources"]] == [0.25, 0.75]
+    assert [s["heldout_documents"] for s in card["data"]["sources"]] == [1, 1]
+    assert set(card["heldout_by_source"]) == {"docs", "other"}
+    assert "gap_closed" in card["heldout_by_source"]["other"]
+    assert card["training"]["command"].count("--data ") == 2
+
+
+def test_bad_data_is_refused_before_the_model_loads(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ["a list"]}\n')
+    out = tmp_path / "rcc"
+    # the model does not exist: the data error must come first
+    assert cli.main(_args(tmp_path / "no-model", bad, out, 2)) == 2
+    assert "line 1: field 'text' must be a string, got list" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model_dir, tiny_corpus, tmp_path,
+                                                                     monkeypatch):
+    from longctx_llm import training
+
+    straight = tmp_path / "straight"
+    assert cli.main(_args(tiny_model_dir, tiny_corpus, straight, 4) + ["--save-every", "100"]) == 0
+    real = training.Progress.update
+
+    def interrupt_after_step_2(self, step, *a, **kw):
+        real(self, step, *a, **kw)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Progress, "update", interrupt_after_step_2)
+    resumed = tmp_path / "resumed"
+    args = _args(tiny_model_dir, tiny_corpus, resumed, 4) + ["--save-every", "100"]
+    assert cli.main(args) == 130
+    monkeypatch.setattr(training.Progress, "update", real)
+    assert cli.main(args) == 0
+    loaded = ModelHandle(str(tiny_model_dir), device="cpu").get()
+    a = RCCCompressor.load(straight, loaded.model, loaded.fingerprint).tensors()
+    b = RCCCompressor.load(resumed, loaded.model, loaded.fingerprint).tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same data, same steps

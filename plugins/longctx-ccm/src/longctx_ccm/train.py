@@ -76,6 +76,25 @@ def heldout_gap(model, adapter: CCMAdapter, stream, *, segments: int, seg_len: i
             "gap_closed": round(gap, 4)}
 
 
+def _heldout_figures(model, adapter, stream, tokenizer, args, modes, ks, seg) -> dict[str, Any]:
+    """The card's held-out figures: the gap closed per mode and slot count, and on chat and fact samples."""
+    figures: dict[str, Any] = {}
+    for mode in modes:
+        for k in ks:
+            figures[f"{mode}_k{k}"] = heldout_gap(
+                model, adapter, stream, segments=args.segments, seg_len=seg, k=k, mode=mode, samples=args.eval_samples,
+            )
+    held_maker = SampleMaker(stream, tokenizer, seed=1)
+    for kind, share in (("chat", args.chat_share), ("fact", args.fact_share)):
+        if share > 0:
+            k = 2 if 2 in ks else ks[0]
+            figures[f"{kind}_{modes[0]}_k{k}"] = heldout_gap(
+                model, adapter, stream, segments=args.segments, seg_len=seg, k=k, mode=modes[0],
+                samples=args.eval_samples, kind=kind, maker=held_maker,
+            )
+    return figures
+
+
 class CCMTrainer:
     """`longctx train ccm`: COMP embeddings and a conditional LoRA for a model, self-supervised on your text."""
 
@@ -125,10 +144,13 @@ class CCMTrainer:
             )
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
+        sources = training.read_data(args)  # bad data is refused before the model loads
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
         model, device = loaded.model, loaded.device
         model.requires_grad_(False)
-        train_stream, held_stream, data_info = training.load_corpus(args.data, loaded.tokenizer)
+        corpus = training.tokenize_data(sources, loaded.tokenizer)
+        train_stream, held_stream, data_info = corpus.train, corpus.heldout, corpus.info
+        torch.manual_seed(training.stable_seed(args.seed, "init"))  # the initial weights follow --seed
         adapter = CCMAdapter(
             model, n_comp=max(ks), rank=args.rank, alpha=args.alpha or float(args.rank), dropout=0.0,
             projections=targets, modes=modes, comp_tokens=ks,
@@ -154,8 +176,6 @@ class CCMTrainer:
         tokens_seen = int(meta.get("tokens", 0))
 
         maker = SampleMaker(train_stream, loaded.tokenizer, seed=training.stable_seed(args.seed, "samples", start))
-        rng = random.Random(training.stable_seed(args.seed, start))
-        gen = torch.Generator().manual_seed(training.stable_seed(args.seed, "data", start))
         autocast = training.autocast(device)
         bar = training.Progress(args.steps, start, "train ccm")
         adapter.train()
@@ -164,6 +184,8 @@ class CCMTrainer:
         step = done = start
         try:
             for step in range(start + 1, args.steps + 1):
+                rng, gen = training.step_random(args.seed, step)
+                maker.rng = random.Random(training.stable_seed(args.seed, "samples", step))
                 k = rng.choices(ks, weights)[0]
                 mode = "merge" if len(modes) == 2 and rng.random() < args.merge_share else modes[0]
                 n = rng.choice(seg_lens)
@@ -198,23 +220,13 @@ class CCMTrainer:
         ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall))
 
         adapter.eval()
-        figures: dict[str, Any] = {}
         seg = seg_lens[0] if 128 not in seg_lens else 128
         with autocast:
-            for mode in modes:
-                for k in ks:
-                    figures[f"{mode}_k{k}"] = heldout_gap(
-                        model, adapter, held_stream, segments=args.segments, seg_len=seg, k=k, mode=mode,
-                        samples=args.eval_samples,
-                    )
-            held_maker = SampleMaker(held_stream, loaded.tokenizer, seed=1)
-            for kind, share in (("chat", args.chat_share), ("fact", args.fact_share)):
-                if share > 0:
-                    k = 2 if 2 in ks else ks[0]
-                    figures[f"{kind}_{modes[0]}_k{k}"] = heldout_gap(
-                        model, adapter, held_stream, segments=args.segments, seg_len=seg, k=k, mode=modes[0],
-                        samples=args.eval_samples, kind=kind, maker=held_maker,
-                    )
+            figures = _heldout_figures(model, adapter, held_stream, loaded.tokenizer, args, modes, ks, seg)
+            by_source = {}
+            if len(corpus.heldout_by_source) > 1:
+                for label, stream in corpus.heldout_by_source.items():
+                    by_source[label] = _heldout_figures(model, adapter, stream, loaded.tokenizer, args, modes, ks, seg)
         card = {
             "base_model": training.base_model_card(loaded, args.model_name),
             "data": data_info,
@@ -228,6 +240,9 @@ class CCMTrainer:
             },
             "heldout": {"segments": args.segments, "seg_len": seg, "samples": args.eval_samples, **figures},
         }
+        if by_source:
+            card["heldout_by_source"] = by_source
         adapter.save(out, card)
-        print(json.dumps({"adapter": str(out), "heldout": figures}, indent=1))
+        print(json.dumps({"adapter": str(out), "heldout": figures, **({"by_source": by_source} if by_source else {})},
+                         indent=1))
         return 0

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
@@ -183,11 +182,14 @@ class RCCTrainer:
                 f"--cue {args.cue} and --span {args.span} must be positive and fit in the context "
                 f"(--window {args.window} x {min(n_windows)} window(s))"
             )
+        sources = training.read_data(args)  # bad data is refused before the model loads
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
         model, device = loaded.model, loaded.device
         model.requires_grad_(False)
-        train_stream, held_stream, data_info = training.load_corpus(args.data, loaded.tokenizer)
+        corpus = training.tokenize_data(sources, loaded.tokenizer)
+        train_stream, held_stream, data_info = corpus.train, corpus.heldout, corpus.info
         targets = [t.strip() for t in args.encoder_targets.split(",") if t.strip()]
+        torch.manual_seed(training.stable_seed(args.seed, "init"))  # the initial weights follow --seed
         comp = RCCCompressor(
             model, encoder=args.encoder, ratio=args.ratio, window=args.window, encoder_rank=args.encoder_rank,
             encoder_projections=targets, slot_rank=args.slot_rank, reader_rank=args.reader_rank,
@@ -227,8 +229,6 @@ class RCCTrainer:
             logger.warning("starting from the weights of %s (step %d), fresh optimizer", args.init, start)
         wall, tokens_seen = float(meta.get("wall_time_s", 0.0)), int(meta.get("tokens", 0))
         sampler = Sampler(train_stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
-        rng = random.Random(training.stable_seed(args.seed, start))
-        gen = torch.Generator().manual_seed(training.stable_seed(args.seed, "data", start))
         autocast = training.autocast(device)
         bar = training.Progress(args.steps, start, "train rcc")
         comp.train()
@@ -237,6 +237,7 @@ class RCCTrainer:
         step = done = start
         try:
             for step in range(start + 1, args.steps + 1):
+                rng, gen = training.step_random(args.seed, step)
                 m = rng.choice(n_windows)
                 recon = rng.random() < args.recon_share
                 if recon:
@@ -274,6 +275,11 @@ class RCCTrainer:
         held_sampler = Sampler(held_stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
         with autocast:
             figures = heldout(model, comp, held_sampler, args.eval_samples)
+            by_source = {}
+            if len(corpus.heldout_by_source) > 1:
+                for label, stream in corpus.heldout_by_source.items():
+                    s = Sampler(stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
+                    by_source[label] = heldout(model, comp, s, args.eval_samples)
         card = {
             "base_model": training.base_model_card(loaded, args.model_name),
             "data": data_info,
@@ -286,6 +292,9 @@ class RCCTrainer:
             },
             "heldout": {"samples": args.eval_samples, **figures},
         }
+        if by_source:
+            card["heldout_by_source"] = by_source
         comp.save(out, card)
-        print(json.dumps({"compressor": str(out), "heldout": figures}, indent=1))
+        print(json.dumps({"compressor": str(out), "heldout": figures, **({"by_source": by_source} if by_source else {})},
+                         indent=1))
         return 0
