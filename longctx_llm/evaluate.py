@@ -148,20 +148,30 @@ def plain_logits(engine, ids: Sequence[int], chunk: int = 2048) -> torch.Tensor:
 def pipeline_logits(engine, context: Sequence[int], query: Sequence[int], turn_tokens: int) -> torch.Tensor:
     """(len(query), V) logits of ``query`` read after ``context`` under the pipeline (turns through a session for
     a memory pipeline; one prefix under the strategy otherwise)."""
+    return pipeline_read(engine, context, query, turn_tokens)[0]
+
+
+@torch.inference_mode()
+def pipeline_read(engine, context: Sequence[int], query: Sequence[int], turn_tokens: int) -> tuple[torch.Tensor, int]:
+    """:func:`pipeline_logits` and the positions the pipeline kept for the context: what its state holds once the
+    query is read, less the query (a compressing pipeline keeps fewer than ``len(context)``)."""
     loaded = engine.loaded
     if uses_memory(engine):
         sid = f"eval-{os.getpid()}-{time.monotonic_ns()}"
         try:
             for s in range(0, len(context), turn_tokens):
                 engine.extend(sid, context[s : s + turn_tokens], end_turn=True)
-            return engine.extend(sid, query, end_turn=False, all_logits=True)[0].float()
+            logits = engine.extend(sid, query, end_turn=False, all_logits=True)[0].float()
+            state = engine.session(sid).state
+            return logits, max(0, min(len(context), state.cache_entries - len(query)))
         finally:
             engine.reset_session(sid)
     engine.check_fits(len(context) + len(query))
     state = engine.strategy.new_state(loaded, 1)
     if context:
         state.forward(torch.tensor([list(context)], device=loaded.device))
-    return state.forward(torch.tensor([list(query)], device=loaded.device), all_logits=True)[0].float()
+    logits = state.forward(torch.tensor([list(query)], device=loaded.device), all_logits=True)[0].float()
+    return logits, max(0, min(len(context), state.cache_entries - len(query)))
 
 
 def _nll(logits: torch.Tensor, target: Sequence[int], first: int = 1) -> torch.Tensor:
@@ -247,7 +257,13 @@ def _stream_piece(engine, every: int) -> int:
 
 def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, samples: int, *, turn_tokens: int = 128,
         seed: int = 0) -> list[dict[str, Any]]:
-    """How much of the context the pipeline uses: perplexity of the target with none / pipeline / full context."""
+    """How much of the context the pipeline uses: perplexity of the target with none / pipeline / full context.
+
+    A pipeline that keeps fewer positions than the context (a compressor, an evicting cache) is also compared with
+    the trivial thing at the same cost: ``recent``, the target read after only the last k raw tokens of the context,
+    k the positions the pipeline kept (``recent_tokens``). ``gap_closed`` is the share of the perplexity gap between
+    no context and the full context that a reading closes; ``gap_closed_nats`` the same share in log-perplexity.
+    """
     _check_positive(target=target, samples=samples, turn_tokens=turn_tokens)
     if target < 2:
         raise InputError(f"--target: need at least 2 tokens, got {target}")
@@ -259,28 +275,45 @@ def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, sample
             row["turn_tokens"] = turn_tokens
         data = spans(ids, C + target, samples, seed)  # a context longer than the text is a bad argument: raise
         try:
-            nll = {"none": [], "pipeline": [], "full": []}
+            nll = {"none": [], "pipeline": [], "full": [], "recent": []}
+            kept: list[int] = []
             full_ok = _fits_plain(engine, C + target)
             with progress_bar(total=samples, desc=f"gap {C}", unit="sample", enabled=samples > 1) as bar:
                 for s in data:
                     ctx, tgt = s[:C], s[C:]
                     nll["none"].append(_nll(plain_logits(engine, tgt), tgt))
-                    nll["pipeline"].append(_nll(pipeline_logits(engine, ctx, tgt, turn_tokens), tgt))
+                    logits, k = pipeline_read(engine, ctx, tgt, turn_tokens)
+                    nll["pipeline"].append(_nll(logits, tgt))
+                    kept.append(k)
                     if full_ok:
                         nll["full"].append(_nll(plain_logits(engine, s)[C:], tgt))
+                    if k < C:
+                        nll["recent"].append(_nll(plain_logits(engine, s[C - k :])[k:], tgt))
                     bar.update(1)
         except LongctxError as e:
             rows.append({**row, "error": str(e)})
             continue
-        ppl = {k: (math.exp(torch.cat(v).mean().item()) if v else None) for k, v in nll.items()}
-        closed = None
-        if ppl["full"] is not None and ppl["none"] != ppl["full"]:
-            closed = (ppl["none"] - ppl["pipeline"]) / (ppl["none"] - ppl["full"])
+        if len(nll["recent"]) != len(data):
+            nll["recent"] = []  # kept everything (or not always less): no same-cost baseline
+        mean = {k: (torch.cat(v).mean().item() if v else None) for k, v in nll.items()}  # mean NLL (nats)
+        ppl = {k: (math.exp(v) if v is not None else None) for k, v in mean.items()}
+
+        def closed(key: str, logs: bool) -> Optional[float]:
+            f = (lambda k: mean[k]) if logs else (lambda k: ppl[k])
+            if ppl["full"] is None or ppl[key] is None or f("none") == f("full"):
+                return None
+            return round((f("none") - f(key)) / (f("none") - f("full")), 4)
+
         row.update({
             "ppl_none": round(ppl["none"], 4), "ppl_pipeline": round(ppl["pipeline"], 4),
             "ppl_full": round(ppl["full"], 4) if ppl["full"] is not None else None,
-            "gap_closed": round(closed, 4) if closed is not None else None,
+            "gap_closed": closed("pipeline", False), "gap_closed_nats": closed("pipeline", True),
         })
+        if nll["recent"]:
+            row.update({
+                "recent_tokens": round(sum(kept) / len(kept), 1), "ppl_recent": round(ppl["recent"], 4),
+                "gap_closed_recent": closed("recent", False), "gap_closed_recent_nats": closed("recent", True),
+            })
         rows.append(row)
     return rows
 

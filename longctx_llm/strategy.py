@@ -150,6 +150,12 @@ class StrategyState(ABC):
     #: tokens fed so far (columns, padding included)
     seen: int = 0
 
+    @property
+    def cache_entries(self) -> int:
+        """Positions the model attends to now (a cache that evicts or compresses holds fewer than it was fed); what
+        ``longctx eval gap`` compares a compressing pipeline against (the same number of raw tokens)."""
+        return self.seen
+
     @abstractmethod
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, all_logits: bool = False

@@ -43,6 +43,37 @@ def test_gap_of_plain_attention_within_its_window_is_one(pipeline, capsys):
         assert r["gap_closed"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_gap_reports_log_perplexity_and_no_recent_column_when_everything_is_kept(pipeline, capsys):
+    import math
+
+    r = run_json(capsys, "gap", pipeline(), "--text", TEXT, "--context", "64", "--target", "16", "--samples", "2")[0]
+    assert not any(k.startswith(("recent", "ppl_recent", "gap_closed_recent")) for k in r)
+    ln = {k: math.log(r[f"ppl_{k}"]) for k in ("none", "pipeline", "full")}
+    assert r["gap_closed_nats"] == pytest.approx((ln["none"] - ln["pipeline"]) / (ln["none"] - ln["full"]), abs=1e-3)
+
+
+def test_gap_compares_a_pipeline_that_keeps_less_with_the_last_k_raw_tokens(pipeline, tiny_model_dir):
+    """The recent column: the target after only the last k raw tokens of the context, k = positions kept."""
+    import math
+
+    import torch
+
+    from longctx_llm import evaluate
+    from longctx_llm.config import load_config
+    from longctx_llm.engine import Engine
+
+    engine = Engine.from_config(load_config(pipeline(strategy="{name: streaming, sink_tokens: 0, window: 32}")))
+    ids = engine.tokenize(open(TEXT).read(), add_special_tokens=False)
+    row = evaluate.gap(engine, ids, [64], 16, 2)[0]
+    assert row["recent_tokens"] == 16  # a 32-token window holding the 16 target tokens keeps 16 of the context
+    nll = []
+    for s in evaluate.spans(ids, 80, 2, 0):
+        logits = evaluate.plain_logits(engine, s[64 - 16 :])[16:]
+        nll.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(s[65:]), reduction="none"))
+    assert row["ppl_recent"] == pytest.approx(math.exp(torch.cat(nll).mean().item()), rel=1e-4)
+    assert set(row) >= {"gap_closed_recent", "gap_closed_recent_nats", "gap_closed_nats"}
+
+
 def test_gap_past_the_window_has_no_full_figure(pipeline, capsys):
     rows = run_json(capsys, "gap", pipeline(strategy="{name: dca}"), "--text", TEXT, "--context", "600",
                     "--target", "16", "--samples", "1")

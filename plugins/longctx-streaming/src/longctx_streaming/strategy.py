@@ -62,6 +62,10 @@ class _SinkWindowState(KVCacheState):
         """Tokens the cache holds now (never above sink_tokens + window)."""
         return self.cache.filled
 
+    @property
+    def cache_entries(self) -> int:
+        return self.cache.filled
+
     @torch.inference_mode()
     def compact_tail(self, drop: int, keep: int) -> None:
         """Remove ``drop`` held tokens just before the newest ``keep`` (CCM: a turn gives way to its slots).
