@@ -47,8 +47,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--min-chars", type=int, default=8000, help="shortest document kept (default: %(default)s)")
+    p.add_argument("--kind", choices=("all", "readmes", "licences"), default="all",
+                   help="readmes: the Python distributions' long descriptions (software documentation in Markdown or "
+                        "reStructuredText); licences: the licence texts (legal English); all: both (default)")
     args = p.parse_args(argv)
-    docs = sorted(descriptions(args.min_chars) + licences(args.min_chars), key=lambda d: d["source"])
+    docs = (descriptions(args.min_chars) if args.kind in ("all", "readmes") else []) + \
+        (licences(args.min_chars) if args.kind in ("all", "licences") else [])
+    docs = sorted(docs, key=lambda d: d["source"])
     if not docs:
         print("outside_text: found no document", file=sys.stderr)
         return 1

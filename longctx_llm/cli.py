@@ -10,7 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import registry
-from .errors import LongctxError
+from .errors import InputError, LongctxError
 
 logger = logging.getLogger("longctx_llm")
 
@@ -207,6 +207,25 @@ def _cmd_eval_gap(args) -> int:
     engine, ids = _eval_setup(args)
     rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed)
     _print_rows(rows, args.json)
+    return 0
+
+
+def _cmd_eval_chat(args) -> int:
+    from . import evaluate
+    from .config import load_config
+    from .engine import Engine
+
+    chats = evaluate.read_chats(args.chats)
+    if args.max_new_tokens <= 0:
+        raise InputError(f"--max-new-tokens: must be > 0, got {args.max_new_tokens}")
+    engine = Engine.from_config(load_config(args.pipeline))
+    rows = evaluate.chat_facts(engine, chats, args.max_new_tokens)
+    if args.json:
+        _print_rows(rows, True)
+    else:
+        for r in rows[0]["replies"]:
+            print(f"{'ok ' if r['fact'] else '-- '}{'[markup] ' if r['markup'] else ''}{r['question']} -> {r['reply']!r}")
+        _print_rows([{k: v for k, v in rows[0].items() if k != "replies"}], False)
     return 0
 
 
@@ -434,6 +453,13 @@ examples (pipelines in examples/pipelines/):
     rc.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
     rc.add_argument("--seed", type=int, default=0)
     rc.set_defaults(fn=_cmd_eval_recall)
+    ch = esub.add_parser("chat", help="short multi-turn chats: does the last reply recall a fact from the first turn, "
+                         "and do replies stay plain conversation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ch.add_argument("pipeline", help="YAML pipeline file (model + strategy + memory)")
+    ch.add_argument("--chats", default=None, help="a JSON file of chats (default: the 24 shipped ones)")
+    ch.add_argument("--max-new-tokens", type=int, default=48)
+    ch.add_argument("--json", action="store_true", help='print one JSON object {"results": [...]}')
+    ch.set_defaults(fn=_cmd_eval_chat)
     pk = eval_parser("passkey", "find a 5-digit pass key hidden at depths of filler text", text_required=False)
     pk.add_argument("--lengths", default="4096,8192", help="prompt lengths in tokens")
     pk.add_argument("--depths", default="10,50,90", help="depths of the key, percent")

@@ -22,9 +22,11 @@ token has nothing to be predicted from. Lengths a pipeline cannot take are rows 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import re
 import resource
 import sys
 import time
@@ -355,6 +357,80 @@ def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: 
 
 
 # ---- passkey ------------------------------------------------------------------------------------------------------
+
+
+# ---- chat -------------------------------------------------------------------------------------------------------
+
+#: what documentation markup looks like in a reply that should be plain conversation (reStructuredText / Sphinx,
+#: doctest prompts, POD, man-page headings, underlined titles): the style a memory trained on docs can leak
+DOCS_MARKUP = re.compile(
+    r"(^|\s)\.\. [a-z-]+::|:(meth|func|class|data|attr|mod|ref|term|exc|const|option|envvar|c:func|py:\w+):`"
+    r"|``[^`]+``|^\s*>>> |^=(head\d|item|over|back|cut)\b|\b[CBILF]<[^>]+>|^(NAME|SYNOPSIS|DESCRIPTION|OPTIONS)\s*$"
+    r"|^\s*(={3,}|-{3,}|~{3,}|\^{3,})\s*$",
+    re.MULTILINE,
+)
+
+
+def docs_markup(text: str) -> Optional[str]:
+    """The first piece of documentation markup in ``text``, or None."""
+    m = DOCS_MARKUP.search(text)
+    return m.group(0).strip() if m else None
+
+
+def default_chats() -> list[dict[str, Any]]:
+    from importlib import resources
+
+    return json.loads(resources.files("longctx_llm").joinpath("data/fact_chats.json").read_text())["chats"]
+
+
+def read_chats(path: Optional[str]) -> list[dict[str, Any]]:
+    """Chats for :func:`chat_facts`: ``path`` (JSON, ``{"chats": [{"turns": [...], "answer": [...]}]}``) or the
+    shipped set."""
+    if path is None:
+        return default_chats()
+    try:
+        doc = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"--chats: cannot read {path!r}: {e}") from e
+    chats = doc.get("chats") if isinstance(doc, dict) else None
+    ok = isinstance(chats, list) and chats and all(
+        isinstance(c, dict) and isinstance(c.get("turns"), list) and c["turns"]
+        and all(isinstance(t, str) and t.strip() for t in c["turns"])
+        and isinstance(c.get("answer"), list) and c["answer"] and all(isinstance(a, str) and a for a in c["answer"])
+        for c in chats
+    )
+    if not ok:
+        raise InputError(
+            f"--chats {path!r}: expected {{\"chats\": [{{\"turns\": [\"user turn\", ...], \"answer\": [\"word\", ...]}}, ...]}}"
+        )
+    return chats
+
+
+def chat_facts(engine, chats: list[dict[str, Any]], max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """Multi-turn chats through the pipeline's memory (greedy replies): how often the last reply holds the fact
+    stated earlier (``fact_rate``), and how often a reply is written as documentation (``markup_rate``)."""
+    _check_positive(max_new_tokens=max_new_tokens)
+    facts, marked, replies = 0, 0, []
+    with progress_bar(total=len(chats), desc="chat", unit="chat", enabled=len(chats) > 1) as bar:
+        for i, c in enumerate(chats):
+            sid = f"eval-chat-{os.getpid()}-{i}-{time.monotonic_ns()}"
+            texts = []
+            try:
+                for turn in c["turns"]:
+                    texts.append(engine.chat(turn, session_id=sid, max_new_tokens=max_new_tokens,
+                                             temperature=0.0).text)
+            finally:
+                engine.reset_session(sid)
+            hit = any(a.lower() in texts[-1].lower() for a in c["answer"])
+            markup = next((m for m in map(docs_markup, texts) if m), None)
+            facts += hit
+            marked += markup is not None
+            replies.append({"question": c["turns"][-1], "reply": texts[-1], "fact": hit, "markup": markup})
+            bar.update(1)
+    return [{
+        "memory": engine.memory.name, "chats": len(chats), "fact_rate": round(facts / len(chats), 4),
+        "markup_rate": round(marked / len(chats), 4), "replies": replies,
+    }]
 
 
 def passkey_prompt(engine, n: int, depth: float, key: str, filler_ids: Optional[list[int]] = None) -> list[int]:

@@ -159,3 +159,34 @@ def test_speed_sizes_a_preallocated_cache_as_generation_does(tiny_model, monkeyp
     monkeypatch.setattr(StaticCache, "reserve", lambda self, tokens: sizes.append(tokens) or original(self, tokens))
     rows = evaluate.speed(engine, list(range(100, 400)), [600], decode_tokens=4)
     assert "error" not in rows[0] and sizes == [604]
+
+
+def test_chat_reports_fact_and_markup_rates(pipeline, capsys, tmp_path):
+    chats = tmp_path / "chats.json"
+    chats.write_text(json.dumps({"chats": [{"turns": ["I am Ada.", "Hello?", "Who am I?"], "answer": ["Ada"]}] * 2}))
+    rows = run_json(capsys, "chat", pipeline(memory="{name: buffer, max_turns: 1}"), "--chats", str(chats),
+                    "--max-new-tokens", "4")
+    r = rows[0]
+    assert r["memory"] == "buffer" and r["chats"] == 2 and 0 <= r["fact_rate"] <= 1 and 0 <= r["markup_rate"] <= 1
+    assert len(r["replies"]) == 2 and all(set(x) == {"question", "reply", "fact", "markup"} for x in r["replies"])
+
+
+@pytest.mark.parametrize("content", ["[]", '{"chats": [{"turns": [], "answer": ["x"]}]}', "not json",
+                                     '{"chats": [{"turns": ["hi"], "answer": [""]}]}'])
+def test_chat_refuses_a_bad_chats_file(pipeline, capsys, tmp_path, content):
+    chats = tmp_path / "chats.json"
+    chats.write_text(content)
+    assert cli.main(["eval", "chat", pipeline(), "--chats", str(chats)]) == 2
+    assert "--chats" in capsys.readouterr().err
+
+
+def test_docs_markup_is_found_and_plain_replies_pass():
+    from longctx_llm.evaluate import default_chats, docs_markup
+
+    for text in ["Use the :meth:`get_job` method", ".. data:: name", "Call ``open()`` first", ">>> print(1)",
+                 "=head1 NAME", "See C<perlfunc> for more", "Title\n=====\n", "NAME\n  ls - list"]:
+        assert docs_markup(text), text
+    for text in ["Your job is lighthouse keeper.", "You live in Porto. It is a lovely city!", "1 - 2 = -1",
+                 "Sure: eggs, toast and tea."]:
+        assert docs_markup(text) is None, text
+    assert len(default_chats()) >= 20
