@@ -205,7 +205,9 @@ def _cmd_eval_gap(args) -> int:
 
     contexts = _parse_ints(args.context, "--context")
     engine, ids = _eval_setup(args)
-    rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed)
+    multiples = _parse_ints(args.recent_multiples, "--recent-multiples")
+    rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed,
+                        recent_multiples=multiples)
     _print_rows(rows, args.json)
     return 0
 
@@ -444,6 +446,9 @@ examples (pipelines in examples/pipelines/):
     g.add_argument("--samples", type=int, default=32, help="samples per context length")
     g.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--recent-multiples", default="1",
+                   help="a pipeline that keeps k < context positions is also compared with the last m*k raw tokens of "
+                        "the context, for each m (e.g. 1,4: same cost, and four raw tokens per kept position)")
     g.set_defaults(fn=_cmd_eval_gap)
     rc = eval_parser("recall", "can the model reproduce a span of the context from a short cue (teacher-forced accuracy)")
     rc.add_argument("--context", default="1024", help="context lengths in tokens, e.g. 1024,4096")

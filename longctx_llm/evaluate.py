@@ -258,14 +258,19 @@ def _stream_piece(engine, every: int) -> int:
 
 
 def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, samples: int, *, turn_tokens: int = 128,
-        seed: int = 0) -> list[dict[str, Any]]:
+        seed: int = 0, recent_multiples: Sequence[int] = (1,)) -> list[dict[str, Any]]:
     """How much of the context the pipeline uses: perplexity of the target with none / pipeline / full context.
 
     A pipeline that keeps fewer positions than the context (a compressor, an evicting cache) is also compared with
     the trivial thing at the same cost: ``recent``, the target read after only the last k raw tokens of the context,
-    k the positions the pipeline kept (``recent_tokens``). ``gap_closed`` is the share of the perplexity gap between
-    no context and the full context that a reading closes; ``gap_closed_nats`` the same share in log-perplexity.
+    k the positions the pipeline kept (``recent_tokens``); ``recent_multiples`` m > 1 add ``ppl_recent_x{m}``, the
+    last m·k tokens (is a kept position worth m raw tokens?). ``gap_closed`` is the share of the perplexity gap
+    between no context and the full context that a reading closes; ``gap_closed_nats`` the same share in
+    log-perplexity.
     """
+    multiples = sorted({int(m) for m in recent_multiples})
+    if not multiples or multiples[0] < 1:
+        raise InputError(f"--recent-multiples: positive integers, e.g. 1,4; got {list(recent_multiples)}")
     _check_positive(target=target, samples=samples, turn_tokens=turn_tokens)
     if target < 2:
         raise InputError(f"--target: need at least 2 tokens, got {target}")
@@ -277,7 +282,7 @@ def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, sample
             row["turn_tokens"] = turn_tokens
         data = spans(ids, C + target, samples, seed)  # a context longer than the text is a bad argument: raise
         try:
-            nll = {"none": [], "pipeline": [], "full": [], "recent": []}
+            nll = {"none": [], "pipeline": [], "full": [], **{_recent_key(m): [] for m in multiples}}
             kept: list[int] = []
             full_ok = _fits_plain(engine, C + target)
             with progress_bar(total=samples, desc=f"gap {C}", unit="sample", enabled=samples > 1) as bar:
@@ -290,13 +295,17 @@ def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, sample
                     if full_ok:
                         nll["full"].append(_nll(plain_logits(engine, s)[C:], tgt))
                     if k < C:
-                        nll["recent"].append(_nll(plain_logits(engine, s[C - k :])[k:], tgt))
+                        for m in multiples:
+                            r = min(C, m * k)
+                            nll[_recent_key(m)].append(_nll(plain_logits(engine, s[C - r :])[r:], tgt))
                     bar.update(1)
         except LongctxError as e:
             rows.append({**row, "error": str(e)})
             continue
-        if len(nll["recent"]) != len(data):
-            nll["recent"] = []  # kept everything (or not always less): no same-cost baseline
+        recent = [_recent_key(m) for m in multiples]
+        if any(len(nll[key]) != len(data) for key in recent):
+            for key in recent:
+                nll[key] = []  # kept everything (or not always less): no same-cost baseline
         mean = {k: (torch.cat(v).mean().item() if v else None) for k, v in nll.items()}  # mean NLL (nats)
         ppl = {k: (math.exp(v) if v is not None else None) for k, v in mean.items()}
 
@@ -311,13 +320,17 @@ def gap(engine, ids: Sequence[int], contexts: Sequence[int], target: int, sample
             "ppl_full": round(ppl["full"], 4) if ppl["full"] is not None else None,
             "gap_closed": closed("pipeline", False), "gap_closed_nats": closed("pipeline", True),
         })
-        if nll["recent"]:
-            row.update({
-                "recent_tokens": round(sum(kept) / len(kept), 1), "ppl_recent": round(ppl["recent"], 4),
-                "gap_closed_recent": closed("recent", False), "gap_closed_recent_nats": closed("recent", True),
-            })
+        if nll[recent[0]]:
+            row["recent_tokens"] = round(sum(kept) / len(kept), 1)
+            for key in recent:
+                row.update({f"ppl_{key}": round(ppl[key], 4), f"gap_closed_{key}": closed(key, False),
+                            f"gap_closed_{key}_nats": closed(key, True)})
         rows.append(row)
     return rows
+
+
+def _recent_key(multiple: int) -> str:
+    return "recent" if multiple == 1 else f"recent_x{multiple}"
 
 
 def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: int, samples: int, *,

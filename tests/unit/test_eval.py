@@ -64,14 +64,19 @@ def test_gap_compares_a_pipeline_that_keeps_less_with_the_last_k_raw_tokens(pipe
 
     engine = Engine.from_config(load_config(pipeline(strategy="{name: streaming, sink_tokens: 0, window: 32}")))
     ids = engine.tokenize(open(TEXT).read(), add_special_tokens=False)
-    row = evaluate.gap(engine, ids, [64], 16, 2)[0]
+    row = evaluate.gap(engine, ids, [64], 16, 2, recent_multiples=(1, 2))[0]
     assert row["recent_tokens"] == 16  # a 32-token window holding the 16 target tokens keeps 16 of the context
     nll = []
     for s in evaluate.spans(ids, 80, 2, 0):
         logits = evaluate.plain_logits(engine, s[64 - 16 :])[16:]
         nll.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(s[65:]), reduction="none"))
     assert row["ppl_recent"] == pytest.approx(math.exp(torch.cat(nll).mean().item()), rel=1e-4)
-    assert set(row) >= {"gap_closed_recent", "gap_closed_recent_nats", "gap_closed_nats"}
+    assert set(row) >= {"gap_closed_recent", "gap_closed_recent_nats", "gap_closed_nats", "ppl_recent_x2"}
+    nll = []
+    for s in evaluate.spans(ids, 80, 2, 0):  # x2: the last 32 raw tokens of the context
+        logits = evaluate.plain_logits(engine, s[64 - 32 :])[32:]
+        nll.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(s[65:]), reduction="none"))
+    assert row["ppl_recent_x2"] == pytest.approx(math.exp(torch.cat(nll).mean().item()), rel=1e-4)
 
 
 def test_gap_past_the_window_has_no_full_figure(pipeline, capsys):
