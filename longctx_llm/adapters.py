@@ -111,10 +111,7 @@ def save_adapter(
             doc["joined"] = joined  # tensors stored as row blocks name@0, name@1, ...
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
         if target.exists():
-            ours = target.is_dir() and (
-                (target / CARD).is_file() or {p.name for p in target.iterdir()} <= {"checkpoint"}
-            )
-            if not ours:
+            if not is_adapter_dir(target):
                 raise AdapterError(f"{str(target)!r} exists and is not an adapter directory; not overwriting it")
             keep = target / "checkpoint"  # a trainer's resumable checkpoint lives inside its output adapter
             if keep.is_dir() and not (tmp / "checkpoint").exists():
@@ -129,6 +126,15 @@ def save_adapter(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def is_adapter_dir(target: Path) -> bool:
+    """Whether ``save_adapter`` may replace the existing ``target``: an adapter directory (its card present), or a
+    folder holding nothing but a trainer's ``checkpoint`` (an empty one included)."""
+    try:
+        return target.is_dir() and ((target / CARD).is_file() or {p.name for p in target.iterdir()} <= {"checkpoint"})
+    except OSError:
+        return False
 
 
 def read_card(directory: str | os.PathLike) -> dict[str, Any]:
