@@ -30,6 +30,7 @@ def _cmd_chat(args) -> int:
     from .pipeline import load_pipeline_with_component
 
     obj, component = load_pipeline_with_component(args.pipeline)
+    component.load(obj)  # before the first prompt, not in the middle of the first reply
     try:  # bytes that are not UTF-8 become an error for that line (InputError), not the end of the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     except (AttributeError, ValueError):
@@ -65,6 +66,19 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def plain_text(doc: str) -> str:
+    """A docstring line for a terminal: reStructuredText literals (````x````) and roles (``:class:`~a.B```) as
+    plain words."""
+    import re
+
+    def role(m: "re.Match") -> str:
+        text = m.group(2).strip()
+        return text.rsplit(".", 1)[-1] if m.group(1) else text  # ~a.b.C shows C
+
+    doc = re.sub(r":[a-z]+:`(~?)([^`<]*)(?:<[^`>]*>)?`", role, doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
 def _describe_plugin(name: str) -> int:
     """``longctx plugins NAME``: what a plugin is for and its options with their defaults."""
     found = [p for p in registry.all_plugins() if p.name == name]
@@ -75,14 +89,14 @@ def _describe_plugin(name: str) -> int:
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         print(f"{info.name} ({info.kind}, {info.distribution} {info.version})")
         if doc:
-            print(f"  {doc[0]}")
+            print(f"  {plain_text(doc[0])}")
         options = getattr(obj, "Options", None)
         fields = getattr(options, "model_fields", {}) if options is not None else {}
         if fields:
             print("  options:")
             for fname, f in fields.items():
                 default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-                print(f"    {fname} = {default}  {f.description or ''}".rstrip())
+                print(f"    {fname} = {default}  {plain_text(f.description or '')}".rstrip())
         elif info.kind in ("strategy", "memory"):
             print("  options: none")
     return 0
@@ -111,11 +125,13 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .config import load_config
-
-    cfg = load_config(args.pipeline)
+    from .engine import Engine
     from .models import resolve_source
 
+    cfg = load_config(args.pipeline)
     resolve_source(cfg.model.source)  # the model must exist where the file says (alias installed, path present)
+    engine = Engine.from_config(cfg)  # builds the strategy and the memory with their options; loads nothing
+    engine.memory.check_strategy(engine.strategy)  # what `run` would refuse before its first turn
     strategy = " + ".join(s.name for s in cfg.strategy) if isinstance(cfg.strategy, list) else cfg.strategy.name
     print(f"{args.pipeline}: ok (strategy {strategy}, memory {cfg.memory.name}, component {cfg.component.name})")
     return 0
@@ -327,7 +343,10 @@ def _serve_help() -> str:
     """``longctx --help``'s line for serve: the install command only where the server package is missing."""
     import importlib.util
 
-    installed = importlib.util.find_spec("longctx_serve") is not None
+    try:
+        installed = importlib.util.find_spec("longctx_serve") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        installed = False
     return "OpenAI-compatible HTTP server for a pipeline" + ("" if installed else f" (needs: {SERVE_INSTALL})")
 
 
