@@ -205,8 +205,8 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise AdapterError(
-                f"adapter {where}: tensor {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}; the weights are "
-                "corrupted (reinstall the package that ships it, or train it again)"
+                f"adapter {where}: tensor {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}; the weights "
+                "are corrupted (reinstall the package that ships it, or train it again)"
             )
 
 

@@ -47,7 +47,8 @@ def test_help_texts_about_serve(capsys, monkeypatch):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: None)" not in out
     assert "--port PORT TCP port (default: 8000)" in out
-    assert "(default: $LONGCTX_API_KEY)" in out and "--max-stop MAX_STOP most stop strings in one request (default: 16)" in out
+    assert "(default: $LONGCTX_API_KEY)" in out
+    assert "--max-stop MAX_STOP most stop strings in one request (default: 16)" in out
 
 
 @pytest.mark.parametrize("name", ["ccm", "rcc", "streaming", "dca", "full", "buffer"])

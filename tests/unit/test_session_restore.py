@@ -48,7 +48,8 @@ def test_a_seen_counter_beyond_the_cache_is_refused(tiny_model, tmp_path, strate
     held = len(doc["cached_ids"])
     if strategy == "streaming":  # evicted forged to agree: the token record still disagrees
         edit_doc(path, lambda d: d["strategy_meta"].update(seen=10**9, evicted=10**9 - d["strategy_meta"]["filled"]))
-        with pytest.raises(SessionError, match=f"strategy state has seen 1000000000 tokens, but its cached_ids hold {held}"):
+        message = f"strategy state has seen 1000000000 tokens, but its cached_ids hold {held}"
+        with pytest.raises(SessionError, match=message):
             fresh.load_session(path)
 
 

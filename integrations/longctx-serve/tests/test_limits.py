@@ -57,7 +57,8 @@ def test_10_mb_stop_and_tools_lists_are_refused_with_the_limit(server):
     assert "--max-tools" in err["message"]
     one = {"type": "function", "function": {"name": "f", "description": "d" * 10_000_000, "parameters": {}}}
     err = error_of(post(server.base_url, json.dumps({"model": MODEL, "messages": USER, "tools": [one]})), 400)
-    assert "tools[0]: a tool of 10000" in err["message"] and "limit of 65536; `longctx serve --max-tool-bytes" in err["message"]
+    assert "tools[0]: a tool of 10000" in err["message"]
+    assert "limit of 65536; `longctx serve --max-tool-bytes" in err["message"]
     err = error_of(post(server.base_url, json.dumps({"model": MODEL, "messages": USER, "stop": "s" * 600})), 400)
     assert "stop: a stop string of 600 characters, over this server's limit of 512" in err["message"]
 

@@ -226,7 +226,8 @@ def _checked_config(cfg: Any, tensors: dict[str, torch.Tensor], model, where: st
         raise AdapterError(f"compressor card {where}: config.window is {window}, beyond this model's "
                            f"{longest} positions (valid: {ratio}-{longest})")
     out: dict[str, Any] = {"encoder": encoder, "ratio": ratio, "window": window}
-    for part, default_targets in (("encoder", ["attention"]), ("slot", ["attention"]), ("reader", ["attention", "mlp"])):
+    defaults = {"encoder": ["attention"], "slot": ["attention"], "reader": ["attention", "mlp"]}
+    for part, default_targets in defaults.items():
         targets = cfg.get(f"{part}_projections") or default_targets
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
             raise AdapterError(f"compressor card {where}: config.{part}_projections is {targets!r:.80}, expected a "

@@ -155,7 +155,9 @@ class RCCState(StrategyState):
                 raise SessionError(f"saved rcc state used window {meta['window']}, this strategy uses {self.window}")
             text = tensors["text"]
             if text.dim() != 1 or text.is_floating_point():
-                raise SessionError(f"saved rcc state: text is a {tuple(text.shape)} {text.dtype} tensor, expected token ids")
+                raise SessionError(
+                    f"saved rcc state: text is a {tuple(text.shape)} {text.dtype} tensor, expected token ids"
+                )
             seen = restore.meta_int(meta, "seen", text.numel(), text.numel(), "rcc",
                                     f"its text holds {text.numel()} tokens")
             windows = restore.meta_int(meta, "windows", 0, seen // self.window, "rcc",
