@@ -10,6 +10,10 @@ The card lists every weight file with its SHA-256, so a truncated or flipped fil
 :class:`~longctx_llm.errors.AdapterError` instead of loading silently corrupted weights. :func:`check_base` compares
 the card's base model with a loaded model (model type, hidden size, layer count, vocabulary, file hash) before any
 session is touched.
+
+Files are untrusted: every floating tensor must hold finite values (:func:`load_adapter`), and a card's ``config``
+numbers are checked against the tensors actually present (:func:`config_int`, :func:`lora_rank`) before an adapter
+allocates anything from them.
 """
 
 from __future__ import annotations
@@ -107,10 +111,7 @@ def save_adapter(
             doc["joined"] = joined  # tensors stored as row blocks name@0, name@1, ...
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
         if target.exists():
-            ours = target.is_dir() and (
-                (target / CARD).is_file() or {p.name for p in target.iterdir()} <= {"checkpoint"}
-            )
-            if not ours:
+            if not is_adapter_dir(target):
                 raise AdapterError(f"{str(target)!r} exists and is not an adapter directory; not overwriting it")
             keep = target / "checkpoint"  # a trainer's resumable checkpoint lives inside its output adapter
             if keep.is_dir() and not (tmp / "checkpoint").exists():
@@ -125,6 +126,15 @@ def save_adapter(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def is_adapter_dir(target: Path) -> bool:
+    """Whether ``save_adapter`` may replace the existing ``target``: an adapter directory (its card present), or a
+    folder holding nothing but a trainer's ``checkpoint`` (an empty one included)."""
+    try:
+        return target.is_dir() and ((target / CARD).is_file() or {p.name for p in target.iterdir()} <= {"checkpoint"})
+    except OSError:
+        return False
 
 
 def read_card(directory: str | os.PathLike) -> dict[str, Any]:
@@ -183,7 +193,44 @@ def load_adapter(directory: str | os.PathLike, *, kind: Optional[str] = None) ->
         except (KeyError, TypeError, ValueError) as e:
             raise AdapterError(f"adapter {str(d)!r}: tensor {name!r} is missing row blocks ({e})") from e
         tensors[name] = torch.cat(blocks, dim=0)
+    check_finite(tensors, repr(str(d)))
     return tensors, card
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or infinite weights (a card without checksums would load them silently; the model then answers
+    nonsense). One pass over adapter-sized tensors."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise AdapterError(
+                f"adapter {where}: tensor {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}; the weights "
+                "are corrupted (reinstall the package that ships it, or train it again)"
+            )
+
+
+def lora_rank(tensors: dict[str, torch.Tensor], prefix: str) -> int:
+    """The rank of the LoRA tensors ``{prefix}...lora_A`` (r, in) present in an adapter's files; 0 when none."""
+    for name in sorted(tensors):
+        if name.startswith(prefix) and name.endswith(".lora_A") and tensors[name].dim() == 2:
+            return int(tensors[name].shape[0])
+    return 0
+
+
+def config_int(config: dict[str, Any], key: str, where: str, present: int, held: str, *, minimum: int = 1,
+               default: Any = None) -> int:
+    """``config[key]`` (``default`` when absent) as the integer the weight files fix (``present``; ``held`` says what
+    they hold), checked before anything is allocated from it: a card saying rank -1 or 10^9 COMP tokens is an
+    AdapterError, never a negative-dimension or allocator error."""
+    value = config.get(key, default)
+    if value is None:
+        raise AdapterError(f"adapter card {where}: config.{key} is missing ({held})")
+    if type(value) is not int or value < minimum or value != present:
+        text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        valid = f" (valid: {present})" if present >= minimum else ""
+        raise AdapterError(f"adapter card {where}: config.{key} is {text}, but {held}{valid}")
+    return value
 
 
 def check_base(card: dict[str, Any], model, fingerprint: Optional[str], where: str) -> None:

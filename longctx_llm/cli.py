@@ -30,6 +30,7 @@ def _cmd_chat(args) -> int:
     from .pipeline import load_pipeline_with_component
 
     obj, component = load_pipeline_with_component(args.pipeline)
+    component.load(obj)  # before the first prompt, not in the middle of the first reply
     try:  # bytes that are not UTF-8 become an error for that line (InputError), not the end of the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     except (AttributeError, ValueError):
@@ -65,6 +66,19 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def plain_text(doc: str) -> str:
+    """A docstring line for a terminal: reStructuredText literals (````x````) and roles (``:class:`~a.B```) as
+    plain words."""
+    import re
+
+    def role(m: "re.Match") -> str:
+        text = m.group(2).strip()
+        return text.rsplit(".", 1)[-1] if m.group(1) else text  # ~a.b.C shows C
+
+    doc = re.sub(r":[a-z]+:`(~?)([^`<]*)(?:<[^`>]*>)?`", role, doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
 def _describe_plugin(name: str) -> int:
     """``longctx plugins NAME``: what a plugin is for and its options with their defaults."""
     found = [p for p in registry.all_plugins() if p.name == name]
@@ -75,14 +89,14 @@ def _describe_plugin(name: str) -> int:
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         print(f"{info.name} ({info.kind}, {info.distribution} {info.version})")
         if doc:
-            print(f"  {doc[0]}")
+            print(f"  {plain_text(doc[0])}")
         options = getattr(obj, "Options", None)
         fields = getattr(options, "model_fields", {}) if options is not None else {}
         if fields:
             print("  options:")
             for fname, f in fields.items():
                 default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-                print(f"    {fname} = {default}  {f.description or ''}".rstrip())
+                print(f"    {fname} = {default}  {plain_text(f.description or '')}".rstrip())
         elif info.kind in ("strategy", "memory"):
             print("  options: none")
     return 0
@@ -111,11 +125,13 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .config import load_config
-
-    cfg = load_config(args.pipeline)
+    from .engine import Engine
     from .models import resolve_source
 
+    cfg = load_config(args.pipeline)
     resolve_source(cfg.model.source)  # the model must exist where the file says (alias installed, path present)
+    engine = Engine.from_config(cfg)  # builds the strategy and the memory with their options; loads nothing
+    engine.memory.check_strategy(engine.strategy)  # what `run` would refuse before its first turn
     strategy = " + ".join(s.name for s in cfg.strategy) if isinstance(cfg.strategy, list) else cfg.strategy.name
     print(f"{args.pipeline}: ok (strategy {strategy}, memory {cfg.memory.name}, component {cfg.component.name})")
     return 0
@@ -305,6 +321,35 @@ def _cmd_cache(args) -> int:
 
 
 SERVE_INSTALL = "pip install -e integrations/longctx-serve"
+#: ``longctx serve``'s request limits: option dest -> (default, help); the defaults are those of
+#: ``longctx_serve.limits.RequestLimits`` (a test keeps the two equal; the core never imports the server)
+SERVE_LIMITS = {
+    "max_request_bytes": (32 * 1024 * 1024, "largest request body in bytes (a larger one gets 413)"),
+    "max_stop": (16, "most stop strings in one request"),
+    "max_stop_chars": (512, "longest stop string, in characters"),
+    "max_tools": (128, "most tools in one request"),
+    "max_tool_bytes": (64 * 1024, "largest tool definition, in bytes of JSON"),
+}
+
+
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Option help with ``(default: X)``, except where there is no default (None) or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _serve_help() -> str:
+    """``longctx --help``'s line for serve: the install command only where the server package is missing."""
+    import importlib.util
+
+    try:
+        installed = importlib.util.find_spec("longctx_serve") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        installed = False
+    return "OpenAI-compatible HTTP server for a pipeline" + ("" if installed else f" (needs: {SERVE_INSTALL})")
 
 
 def _cmd_serve(args) -> int:
@@ -324,6 +369,7 @@ def _cmd_serve(args) -> int:
         api_key=args.api_key,
         model_name=args.model_name,
         max_sessions=args.max_sessions,
+        limits={name: getattr(args, name) for name in SERVE_LIMITS},
     )
 
 
@@ -376,18 +422,20 @@ examples (pipelines in examples/pipelines/):
 
     sv = sub.add_parser(
         "serve",
-        help="OpenAI-compatible HTTP server for a pipeline (needs: " + SERVE_INSTALL + ")",
+        help=_serve_help(),
         description="Serve a pipeline over an OpenAI-compatible API: /v1/chat/completions (streaming, tools, "
         "response_format), /v1/completions, /v1/models, /health. A session id (header X-Session-Id, else the "
         "request's 'user') keeps a conversation's cache between requests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpWithDefaults,
     )
     sv.add_argument("pipeline", help="YAML pipeline file")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="TCP port")
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $LONGCTX_API_KEY)")
     sv.add_argument("--model-name", default=None, help="the model name clients send (default: the pipeline's model)")
     sv.add_argument("--max-sessions", type=int, default=256, help="sessions kept (least recently used dropped)")
+    for name, (default, text) in SERVE_LIMITS.items():
+        sv.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=text)
     sv.set_defaults(fn=_cmd_serve)
 
     pl = sub.add_parser("plugins", help="list installed strategies, memories and components (or describe one)")
@@ -423,7 +471,7 @@ examples (pipelines in examples/pipelines/):
     TEXT_HELP = "a .txt file, or .jsonl[.gz] with a 'text' field per line"
 
     def eval_parser(name: str, help: str, text_required: bool = True) -> argparse.ArgumentParser:
-        e_ = esub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        e_ = esub.add_parser(name, help=help, description=help, formatter_class=_HelpWithDefaults)
         e_.add_argument("pipeline", help="YAML pipeline file (model + strategy + memory)")
         e_.add_argument("--text", required=text_required, default=None, help=TEXT_HELP)
         e_.add_argument(
@@ -459,7 +507,7 @@ examples (pipelines in examples/pipelines/):
     rc.add_argument("--seed", type=int, default=0)
     rc.set_defaults(fn=_cmd_eval_recall)
     ch = esub.add_parser("chat", help="short multi-turn chats: does the last reply recall a fact from the first turn, "
-                         "and do replies stay plain conversation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         "and do replies stay plain conversation", formatter_class=_HelpWithDefaults)
     ch.add_argument("pipeline", help="YAML pipeline file (model + strategy + memory)")
     ch.add_argument("--chats", default=None, help="a JSON file of chats (default: the 24 shipped ones)")
     ch.add_argument("--max-new-tokens", type=int, default=48)
@@ -479,7 +527,7 @@ examples (pipelines in examples/pipelines/):
     cp = esub.add_parser(
         "compare",
         help="several pipelines side by side: one table, CSV + JSON, PNG plots (the strategy chooser)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpWithDefaults,
     )
     from .compare import add_arguments as compare_arguments
 

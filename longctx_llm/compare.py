@@ -120,4 +120,9 @@ def write(out: Path, rows: list[dict[str, Any]], suites: list[str]) -> None:
             name = f"{suite}_{y}.png"
             if report.plot(out / name, series(suite, x, y), x.replace("_", " "), label, label, logy=logy):
                 written.append(name)
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'}" + (f" and {', '.join(written)}" if written else ""))
+    note = ""
+    if written:
+        note = f" and {', '.join(written)}"
+    elif not report.can_plot():
+        note = "; no plots: matplotlib is not installed (pip install matplotlib)"
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'}{note}")

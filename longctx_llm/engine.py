@@ -26,7 +26,7 @@ from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
 from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
 from .progress import progress_bar
-from .session import Session, check_compatible, check_dtype, read_session, save_session
+from .session import Session, check_compatible, check_dtype, check_restored, read_session, save_session
 from .strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -375,12 +375,13 @@ class Engine:
         try:  # the saved state is untrusted: whatever its loaders trip over is one clear error
             s.state.load_state_dict(s_tensors, doc["strategy_meta"])
             s.memory.load_state_dict(m_tensors, doc["memory_meta"])
-        except SessionError:
-            raise
+        except SessionError as e:
+            raise SessionError(f"saved session {where!r}: {e}") from None
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
             raise SessionError(f"saved session {where!r} has a malformed state: {type(e).__name__}: {str(e)[:200]}") from e
         s.history = doc["history"]
         s.cached_ids = doc["cached_ids"]
+        check_restored(s, repr(where))
         s.token_ids = doc.get("token_ids", [t for t in s.cached_ids if t != SLOT])
         s.turns = doc["turns"]
         with self._sessions_lock:

@@ -67,9 +67,15 @@ class Memory(ABC):
     def __init__(self, options: Optional[MemoryOptions] = None, **kwargs: Any):
         self.options = options if options is not None else self.Options(**kwargs)
 
+    def check_strategy(self, strategy: Any) -> None:
+        """Raise a :class:`~longctx_llm.errors.LongctxError` if this memory cannot run with ``strategy`` on any model
+        (e.g. it edits a cache the strategy cannot edit). Needs no model: ``longctx validate`` calls it."""
+
     def validate(self, strategy: Any, model: Any) -> None:
         """Raise a :class:`~longctx_llm.errors.LongctxError` if this memory cannot run with ``strategy`` on ``model``
-        (a LoadedModel), before any session is made; memories that load weights check them here."""
+        (a LoadedModel), before any session is made; memories that load weights check them here. Memories that
+        override it call :meth:`check_strategy` first."""
+        self.check_strategy(strategy)
 
     @abstractmethod
     def new_state(self, model: Any) -> MemoryState:

@@ -38,6 +38,14 @@ class Component(ABC):
         """Answer one user turn as text deltas (used by ``longctx run`` and ``longctx chat``)."""
 
     @classmethod
+    def load(cls, obj: Any) -> None:
+        """Load the model now (``longctx chat`` does before its first prompt: a bad model fails at the start, and
+        loading's progress bar never lands in the middle of a reply); by default the engine's model."""
+        engine = getattr(obj, "engine", None)
+        if engine is not None:
+            _ = engine.loaded
+
+    @classmethod
     def reset(cls, obj: Any, session_id: str = "default") -> None:
         """Forget a session (``/reset`` in ``longctx chat``); by default the engine's session of that id."""
         engine = getattr(obj, "engine", None)

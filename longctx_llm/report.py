@@ -50,6 +50,15 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
             w.writerow([json.dumps(r.get(c)) if isinstance(r.get(c), dict) else r.get(c) for c in cols])
 
 
+def can_plot() -> bool:
+    """Whether matplotlib is importable (plots are skipped without it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(path: Path, series: dict[str, list[tuple[float, Optional[float]]]], xlabel: str, ylabel: str, title: str,
          *, logx: bool = True, logy: bool = False) -> bool:
     """Write a PNG line plot when matplotlib is importable; return whether one was written."""

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import torch
+
 from .chat import ROLE_ALIASES, ROLES
 from .errors import SessionError
 from .memory import SLOT, MemoryState, Message
@@ -173,36 +175,39 @@ def _hold(lock: threading.Lock, what: str, timeout: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path, timeout: float) -> Iterator[None]:
+def _folder_lock(folder: Path, timeout: float) -> Iterator[bool]:
     """An advisory lock on ``folder`` (the target's parent) among savers, so no save removes another's files.
 
-    Where directories cannot be locked (no ``fcntl``, or a file system that refuses) saving goes on unlocked.
+    Yields whether the lock is held: where directories cannot be locked (no ``fcntl``, or a file system that
+    refuses) saving goes on unlocked.
     """
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
+        yield False
         return
     try:
         fd = os.open(str(folder), os.O_RDONLY)
     except OSError:
-        yield
+        yield False
         return
     try:
         deadline = time.monotonic() + timeout
+        locked = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise SessionError(
                         f"another save into {_where(folder)} held its lock for {timeout:.0f} s; try again"
                     ) from None
                 time.sleep(0.01)
             except OSError:  # the file system does not lock directories
                 break
-        yield
+        yield locked
     finally:
         os.close(fd)  # releases the lock
 
@@ -610,6 +615,13 @@ def _load_part(d: Path, doc: dict, part: str) -> dict:
                     f"saved session tensors {where}: {_short(k, 80)} is {_dtype_name(t.dtype)}, the session "
                     f"recorded {dtype}"
                 )
+    for k in sorted(tensors):  # a cache holding NaN makes every later reply empty or garbage
+        t = tensors[k]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SessionError(
+                f"saved session tensors {where}: {_short(k, 80)} holds NaN or infinite values; the saved state is "
+                "corrupted (start the session again)"
+            )
     return tensors
 
 
@@ -626,6 +638,7 @@ def read_session(directory: str | os.PathLike) -> tuple[dict[str, Any], dict, di
         raise SessionError(f"{where} is unreadable: {_oserror(e)}") from None
     try:
         doc = validate_document(_parse_json(raw, where), where)
+        _clean_after_read(d, doc)
         return doc, _load_part(d, doc, "strategy"), _load_part(d, doc, "memory")
     except SessionError:
         raise
@@ -633,6 +646,33 @@ def read_session(directory: str | os.PathLike) -> tuple[dict[str, Any], dict, di
         raise SessionError(f"{where} is not a valid saved session: it is nested too deeply") from None
     except Exception as e:  # a last guard: nothing a file holds escapes as a raw traceback
         raise SessionError(f"saved session {_where(d)} is unreadable: {type(e).__name__}: {_short(str(e))}") from None
+
+
+def _clean_after_read(d: Path, doc: dict[str, Any]) -> None:
+    """Remove what interrupted saves left inside a session folder (``.staging-*`` folders, tensor files and temporary
+    documents that the valid session.json does not name), unless a save into the folder runs now (its lock is held:
+    that save cleans up after itself). Best effort: a read-only folder is read all the same."""
+    keep = {DOC_NAME}
+    if doc["format_version"] >= 2:
+        keep |= {entry["name"] for entry in doc["files"].values()}
+    else:
+        keep |= {f"{part}.safetensors" for part in PARTS}
+    try:
+        with _folder_lock(d.parent, 0.0) as locked:
+            if locked:  # unlocked, a save of another process could be writing there
+                _clean_inside(d, keep)
+    except SessionError:  # another process is saving here
+        pass
+
+
+def check_restored(session: Session, where: str) -> None:
+    """A restored session's strategy state has fed exactly the tokens its record says the cache holds."""
+    seen, held = session.state.seen, len(session.cached_ids)
+    if seen != held:
+        raise SessionError(
+            f"saved session {where}: its strategy state has seen {_short(seen, 40)} tokens, but its cached_ids hold "
+            f"{held} (valid: {held})"
+        )
 
 
 def check_compatible(doc: dict[str, Any], header: dict[str, Any], where: Optional[str] = None) -> None:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import hf_adapter
+from . import hf_adapter, restore
 from .cuda_graphs import GraphRunner, available as cuda_available
 from .errors import LongctxError, SessionError
 from .kv_cache import StaticCache
@@ -520,12 +520,15 @@ class KVCacheState(StrategyState):
 
     def load_state_dict(self, tensors, meta):
         device = self.model.device
+        held = restore.cache_length(tensors)  # the counters are checked against the cache before anything is built
+        seen = restore.meta_int(meta, "seen", held, held, "strategy", f"its cache holds {held} entries")
+        real = restore.check_positions(tensors.get("real_tokens"), self.batch_size, seen, "strategy")
         if self.static_cache:
             self.cache = self.make_cache()
             self.cache.load(tensors)
         else:
             self.cache = hf_adapter.load_cache_tensors(self.model.model, tensors, device)
         self._first = None
-        self.seen = int(meta["seen"])
+        self.seen = seen
         self.padding = tensors["padding"].to(device) if "padding" in tensors else None
-        self.real_tokens = tensors["real_tokens"].to(device)
+        self.real_tokens = real.to(device)

@@ -7,6 +7,7 @@
 - :class:`Checkpoint` saves the trainable tensors, the optimizer's moments and the step in the adapter file format
   (shards of at most 16 MB), so an interrupted run resumes where it stopped (``--resume``, the default when the
   output folder holds a checkpoint).
+- :func:`check_out` refuses an ``--out`` that is a file or a folder of something else, before any model loads.
 - :func:`base_model_card` records what an adapter was trained on: the base model's name, file hash and shapes.
 
 Trainers register under the entry-point group ``longctx_llm.trainers`` as an object with ``name``, ``help``,
@@ -71,6 +72,31 @@ def read_data(args) -> list:
     from . import datamix
 
     return datamix.read_mix(datamix.parse_data(args.data, getattr(args, "data_weights", None)))
+
+
+def check_out(out: str) -> Path:
+    """``--out`` checked before any data is read or model loaded: a folder that does not exist yet, or an adapter
+    folder a trainer wrote (replaced at the end; its checkpoint resumes). Anything else is an InputError and nothing
+    is written."""
+    path = Path(out).expanduser()
+    hint = "give a folder that does not exist yet, or an adapter folder written by `longctx train`"
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise InputError(f"--out: {str(path)!r} is a file, not a folder; {hint}")
+    if path.is_dir() and not files.is_adapter_dir(path):
+        try:
+            names = sorted(p.name for p in path.iterdir())
+        except OSError as e:
+            raise InputError(f"--out: {str(path)!r} cannot be read ({e.strerror or e}); {hint}") from None
+        raise InputError(
+            f"--out: {str(path)!r} exists and is not an adapter directory (no {files.CARD}; it holds {len(names)} "
+            f"entr{'y' if len(names) == 1 else 'ies'}, e.g. {names[0]!r}); {hint}. Nothing was written"
+        )
+    for parent in path.parents:  # the first existing folder above must be a folder (mkdir would fail at the end)
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out: {str(parent)!r} (above {str(path)!r}) is a file, not a folder; {hint}")
+            break
+    return path
 
 
 def tokenize_data(sources: list, tokenizer) -> Corpus:

@@ -8,13 +8,15 @@ session of that id, so its cache (and a compressing memory's slots) carry over a
 history pays only for the new turn. Without an id every request is stateless. At most ``max_sessions`` sessions
 are kept; the least recently used one is dropped beyond that.
 
+Limits (:mod:`.limits`): a request's body size, JSON nesting, integer length, ``stop`` strings and ``tools`` are
+bounded before any work is done for it (413 or 400, naming the limit and the ``longctx serve`` option raising it).
+
 The app holds no global state: everything hangs off the engine it is given, so a process may serve several apps,
 and a Ray Serve replica can build its engine in its constructor and wrap ``create_app(engine)``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -35,6 +37,7 @@ from longctx_llm.engine import Engine
 
 from . import convert, sse
 from .errors import APIError, to_api_error
+from .limits import RequestLimits, check_request, parse_json, read_body
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 logger = logging.getLogger("longctx_serve")
@@ -84,21 +87,25 @@ def create_app(
     model_name: Optional[str] = None,
     *,
     max_sessions: int = 256,
+    limits: Optional[RequestLimits] = None,
 ) -> FastAPI:
     """An OpenAI-compatible app over ``engine``.
 
     ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <key>`` (401 otherwise).
     ``model_name``: the name clients give as ``model`` (default: the engine's model source); another is a 404.
+    ``limits``: bounds on one request's body, nesting, ``stop`` and ``tools`` (default: :class:`RequestLimits`).
     """
     if max_sessions < 1:
         raise ValueError(f"max_sessions: must be >= 1, got {max_sessions}")
     served = model_name or engine.model_name
     created_at = convert.now()
     sessions = SessionTable(engine, max_sessions)
+    limits = limits or RequestLimits()
     app = FastAPI(title="longctx-llm", version=__version__, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.model_name = served
     app.state.sessions = sessions
+    app.state.limits = limits
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -110,10 +117,7 @@ def create_app(
                            type="invalid_request_error", code="invalid_api_key")
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        body = parse_json(await read_body(request, limits), limits)
         if not isinstance(body, dict):
             raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}",
                            code="invalid_json")
@@ -126,6 +130,7 @@ def create_app(
         if req.model != served:
             raise APIError(404, f"model {req.model!r} is not served here (valid: {served})", param="model",
                            code="model_not_found")
+        check_request(req, limits)
         return req
 
     def session_of(request: Request, body: Any) -> Optional[str]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from longctx_llm.errors import ConfigError, LongctxError
 
 from .app import api_key_from_env, create_app
+from .limits import OPTIONS, RequestLimits
 
 logger = logging.getLogger("longctx_serve")
 
@@ -27,8 +28,12 @@ def serve_pipeline(
     api_key: Optional[str] = None,
     model_name: Optional[str] = None,
     max_sessions: int = 256,
+    limits: Optional[Mapping[str, int]] = None,
 ) -> int:
-    """Load the pipeline's model (errors surface here, not on the first request) and serve until Ctrl-C."""
+    """Load the pipeline's model (errors surface here, not on the first request) and serve until Ctrl-C.
+
+    ``limits``: :class:`~longctx_serve.limits.RequestLimits` fields to change (``longctx serve --max-stop`` ...).
+    """
     import uvicorn
 
     from longctx_llm.config import load_config
@@ -38,12 +43,14 @@ def serve_pipeline(
         raise ConfigError(f"--port: {port} is not a TCP port (valid: 0-65535)")
     if max_sessions < 1:
         raise ConfigError(f"--max-sessions: must be >= 1, got {max_sessions}")
+    request_limits = _request_limits(limits or {})
     engine = Engine.from_config(load_config(pipeline))
     _ = engine.loaded  # load and validate the model now
     api_key = api_key_from_env(api_key)
     if api_key is None and host not in LOCAL_HOSTS:
         logger.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    app = create_app(engine, api_key=api_key, model_name=model_name, max_sessions=max_sessions)
+    app = create_app(engine, api_key=api_key, model_name=model_name, max_sessions=max_sessions,
+                     limits=request_limits)
     print(f"longctx serve: {app.state.model_name} on http://{host}:{port}/v1"
           f"{' (API key required)' if api_key else ''}", file=sys.stderr)
     try:
@@ -51,6 +58,17 @@ def serve_pipeline(
     except OSError as e:  # e.g. the port is taken
         raise LongctxError(f"cannot serve on {host}:{port}: {e}") from e
     return 0
+
+
+def _request_limits(values: Mapping[str, int]) -> RequestLimits:
+    """The limits to serve with, a ConfigError naming the option for a value below 1 (before the model loads)."""
+    for name, value in values.items():
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"{OPTIONS.get(name, name)}: must be an integer >= 1, got {value!r}")
+    try:
+        return RequestLimits(**values)
+    except TypeError as e:  # an unknown name (a caller's typo)
+        raise ConfigError(f"serve limits: {e}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

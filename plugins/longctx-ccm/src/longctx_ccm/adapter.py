@@ -16,6 +16,7 @@ The reference's released adapters (LLaMA-7B family, a PEFT LoRA plus COMP embedd
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -105,19 +106,13 @@ class CCMAdapter(nn.Module):
             raise AdapterError(f"{where} holds a {card.get('kind')!r} adapter, not a CCM one")
         files.check_base(card, model, fingerprint, where)
         tensors, card = files.load_adapter(directory, kind=KIND)
-        cfg = card.get("config") or {}
+        config = _checked_config(card.get("config"), tensors, where)
         try:
-            adapter = cls(
-                model,
-                n_comp=int(cfg["n_comp"]),
-                rank=int(cfg["rank"]),
-                alpha=float(cfg["alpha"]),
-                projections=list(cfg["projections"]),
-                modes=list(cfg.get("modes", ["concat"])),
-                comp_tokens=list(cfg.get("comp_tokens", [])),
-            )
+            adapter = cls(model, **config)
+        except AdapterError:
+            raise
         except (KeyError, TypeError, ValueError) as e:
-            raise AdapterError(f"adapter card {where}: bad config {cfg!r}: {e}") from e
+            raise AdapterError(f"adapter card {where}: bad config {card.get('config')!r:.300}: {e}") from e
         expected = {k: tuple(v.shape) for k, v in adapter.tensors().items()}
         files.check_keys(tensors, expected, where)
         with torch.no_grad():
@@ -125,6 +120,29 @@ class CCMAdapter(nn.Module):
             adapter.lora.load_named({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
         adapter.card = card
         return adapter
+
+
+def _checked_config(cfg: Any, tensors: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
+    """The constructor's arguments from a card's config, checked against the tensors present before the constructor
+    allocates anything from them (a rank of -1 or 10^9 COMP tokens is an AdapterError naming the value)."""
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"adapter card {where}: config is {type(cfg).__name__}, expected an object")
+    emb = tensors.get("comp_embeddings")
+    rows = int(emb.shape[0]) if emb is not None and emb.dim() == 2 else 0
+    rank = files.lora_rank(tensors, "lora.")
+    held = f"the weight files hold {rows} COMP embeddings" if rows else "the weight files hold no comp_embeddings"
+    n_comp = files.config_int(cfg, "n_comp", where, rows, held)
+    held = f"the weight files hold LoRA tensors of rank {rank}" if rank else "the weight files hold no LoRA tensors"
+    files.config_int(cfg, "rank", where, rank, held)
+    projections = cfg.get("projections")
+    if not isinstance(projections, list) or not projections or not all(isinstance(p, str) for p in projections):
+        raise AdapterError(f"adapter card {where}: config.projections is {projections!r:.80}, expected a list of "
+                           "projection names")
+    alpha = cfg.get("alpha")
+    if type(alpha) not in (int, float) or not math.isfinite(alpha) or alpha <= 0:
+        raise AdapterError(f"adapter card {where}: config.alpha is {alpha!r:.40}, expected a finite number > 0")
+    return {"n_comp": n_comp, "rank": rank, "alpha": float(alpha), "projections": projections,
+            "modes": list(cfg.get("modes", ["concat"])), "comp_tokens": list(cfg.get("comp_tokens", []))}
 
 
 def find_shipped(fingerprint: Optional[str]) -> Optional[Path]:

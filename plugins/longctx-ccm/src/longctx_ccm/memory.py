@@ -229,11 +229,15 @@ class CCMMemory(Memory):
             return adapter
 
     def validate(self, strategy, model) -> None:
+        self.check_strategy(strategy)
         info = model.info
         if not info.has_rope:
             raise UnsupportedModelError(
                 f"memory ccm needs a rotary-position model (slots are re-rotated); model_type {info.model_type!r} has none"
             )
+        self.adapter_for(model)
+
+    def check_strategy(self, strategy) -> None:
         caps = strategy.capabilities
         need = "compact" if self.options.mode == "concat" else "splice"
         if not getattr(caps, need, False):
@@ -247,7 +251,6 @@ class CCMMemory(Memory):
                 f"memory.max_slots needs a strategy whose cache can drop slots anywhere (full); {strategy.name!r} "
                 "evicts the oldest entries itself"
             )
-        self.adapter_for(model)
 
     def new_state(self, model) -> CCMState:
         return CCMState(self.adapter_for(model), self.options, model)

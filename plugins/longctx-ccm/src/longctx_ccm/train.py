@@ -144,6 +144,7 @@ class CCMTrainer:
             )
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
+        training.check_out(args.out)  # a file or a foreign folder is refused before any work
         sources = training.read_data(args)  # bad data is refused before the model loads
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
         model, device = loaded.model, loaded.device

@@ -176,22 +176,13 @@ class RCCCompressor(nn.Module):
             raise AdapterError(f"{where} holds a {card.get('kind')!r} adapter, not an RCC compressor")
         files.check_base(card, model, fingerprint, where)
         tensors, card = files.load_adapter(directory, kind=KIND)
-        cfg = card.get("config") or {}
+        config = _checked_config(card.get("config"), tensors, model, where)
         try:
-            comp = cls(
-                model,
-                encoder=str(cfg["encoder"]),
-                ratio=int(cfg["ratio"]),
-                window=int(cfg["window"]),
-                encoder_rank=int(cfg.get("encoder_rank") or 1),
-                encoder_projections=list(cfg.get("encoder_projections") or ["attention"]),
-                slot_rank=int(cfg.get("slot_rank") or 0),
-                slot_projections=list(cfg.get("slot_projections") or ["attention"]),
-                reader_rank=int(cfg.get("reader_rank") or 0),
-                reader_projections=list(cfg.get("reader_projections") or ["attention", "mlp"]),
-            )
+            comp = cls(model, **config)
+        except AdapterError:
+            raise
         except (KeyError, TypeError, ValueError) as e:
-            raise AdapterError(f"compressor card {where}: bad config {cfg!r}: {e}") from e
+            raise AdapterError(f"compressor card {where}: bad config {card.get('config')!r:.300}: {e}") from e
         expected = {k: tuple(v.shape) for k, v in comp.tensors().items()}
         files.check_keys(tensors, expected, where)
         comp.load_tensors(tensors)
@@ -214,6 +205,46 @@ class RCCCompressor(nn.Module):
             for prefix, lora in (("slot_lora.", self.slot_lora), ("reader_lora.", self.reader_lora)):
                 if lora is not None:
                     lora.load_named({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+def _checked_config(cfg: Any, tensors: dict[str, torch.Tensor], model, where: str) -> dict[str, Any]:
+    """The constructor's arguments from a card's config, checked before the constructor allocates anything from them:
+    ranks equal to the LoRA tensors present, ratio and window within the model's trained length, a full encoder's
+    tensors present before the model is copied for it."""
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"compressor card {where}: config is {type(cfg).__name__}, expected an object")
+    encoder = cfg.get("encoder")
+    if encoder not in ("lora", "full"):
+        raise AdapterError(f"compressor card {where}: config.encoder is {encoder!r:.40} (valid: lora, full)")
+    text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    longest = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) or None
+    ratio, window = cfg.get("ratio"), cfg.get("window")
+    if type(ratio) is not int or type(window) is not int or not 1 <= ratio <= window or window % ratio:
+        raise AdapterError(f"compressor card {where}: config.ratio {ratio!r:.40} and config.window {window!r:.40} "
+                           "must be integers with 1 <= ratio <= window and window a multiple of ratio")
+    if longest is not None and window > longest:
+        raise AdapterError(f"compressor card {where}: config.window is {window}, beyond this model's "
+                           f"{longest} positions (valid: {ratio}-{longest})")
+    out: dict[str, Any] = {"encoder": encoder, "ratio": ratio, "window": window}
+    defaults = {"encoder": ["attention"], "slot": ["attention"], "reader": ["attention", "mlp"]}
+    for part, default_targets in defaults.items():
+        targets = cfg.get(f"{part}_projections") or default_targets
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise AdapterError(f"compressor card {where}: config.{part}_projections is {targets!r:.80}, expected a "
+                               "list of projection names")
+        out[f"{part}_projections"] = targets
+        if part == "encoder" and encoder == "full":
+            if not any(k.startswith("encoder.") for k in tensors):
+                raise AdapterError(f"compressor card {where}: config.encoder is 'full', but the weight files hold no "
+                                   "encoder.* tensors")
+            continue
+        rank = files.lora_rank(tensors, f"{part}_lora.")
+        held = (f"the weight files hold {part} LoRA tensors of rank {rank}" if rank
+                else f"the weight files hold no {part}_lora tensors")
+        out[f"{part}_rank"] = files.config_int(cfg, f"{part}_rank", where, rank, held,
+                                               minimum=1 if part == "encoder" else 0,
+                                               default=rank if part == "encoder" else 0)
+    return out
 
 
 def find_shipped(fingerprint: Optional[str]) -> Optional[Path]:

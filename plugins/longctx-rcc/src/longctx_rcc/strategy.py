@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm import hf_adapter, restore
 from longctx_llm.errors import AdapterError, ConfigError, InputError, LongctxError, SessionError, UnsupportedModelError
 from longctx_llm.progress import progress_bar
 from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults
@@ -153,9 +153,23 @@ class RCCState(StrategyState):
         try:
             if int(meta["window"]) != self.window:
                 raise SessionError(f"saved rcc state used window {meta['window']}, this strategy uses {self.window}")
+            text = tensors["text"]
+            if text.dim() != 1 or text.is_floating_point():
+                raise SessionError(
+                    f"saved rcc state: text is a {tuple(text.shape)} {text.dtype} tensor, expected token ids"
+                )
+            seen = restore.meta_int(meta, "seen", text.numel(), text.numel(), "rcc",
+                                    f"its text holds {text.numel()} tokens")
+            windows = restore.meta_int(meta, "windows", 0, seen // self.window, "rcc",
+                                       f"{seen} tokens fill {seen // self.window} window(s) of {self.window}")
             self.decoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("decoder.")}, meta["decoder"])
-            self.text = tensors["text"].tolist()
-            self.windows, self.seen = int(meta["windows"]), int(meta["seen"])
+            expected = windows * self.per_window + seen - windows * self.window  # slots, then the raw rest
+            if self.decoder.seen != expected:
+                raise SessionError(f"saved rcc state: its decoder cache holds {self.decoder.seen} entries, but "
+                                   f"{windows} compressed window(s) and {seen - windows * self.window} raw tokens "
+                                   f"make {expected}")
+            self.text = text.tolist()
+            self.windows, self.seen = windows, seen
         except (KeyError, TypeError, ValueError) as e:
             raise SessionError(f"saved rcc state is malformed: {e}") from e
 

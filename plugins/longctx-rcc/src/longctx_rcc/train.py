@@ -182,6 +182,7 @@ class RCCTrainer:
                 f"--cue {args.cue} and --span {args.span} must be positive and fit in the context "
                 f"(--window {args.window} x {min(n_windows)} window(s))"
             )
+        training.check_out(args.out)  # a file or a foreign folder is refused before any work
         sources = training.read_data(args)  # bad data is refused before the model loads
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
         model, device = loaded.model, loaded.device

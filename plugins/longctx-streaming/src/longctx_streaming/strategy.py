@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm import hf_adapter, restore
 from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionError
 from longctx_llm.strategy import Capabilities, KVCacheState, Strategy
 
@@ -99,10 +99,21 @@ class _SinkWindowState(KVCacheState):
             raise SessionError(
                 f"saved streaming cache holds {meta['filled']} tokens but this strategy keeps {self.cache.capacity}"
             )
+        # every counter against what the saved cache holds, before anything is built from them
+        held = restore.cache_length(tensors)
+        restore.meta_int(meta, "filled", held, held, "streaming", f"its cache holds {held} entries")
+        evicted = restore.meta_int(meta, "evicted", 0, 2**62, "streaming")
+        seen = restore.meta_int(meta, "seen", held + evicted, held + evicted, "streaming",
+                                f"its cache holds {held} entries and evicted {evicted}")
+        window = self.cache.capacity - self.cache.sink
+        if "head" in meta:  # the ring layout
+            restore.meta_int(meta, "head", 0, max(window - 1, 0), "streaming", f"its ring holds {window} entries")
+            restore.meta_int(meta, "base", 0, evicted, "streaming", f"it evicted {evicted} tokens")
+        real = restore.check_positions(tensors.get("real_tokens"), self.batch_size, seen, "streaming")
         self.cache = self.make_cache()
         self.cache.load(tensors, meta)
-        self.seen = int(meta["seen"])
-        self.real_tokens = tensors["real_tokens"].to(self.model.device)
+        self.seen = seen
+        self.real_tokens = real.to(self.model.device)
         self.padding = None
 
 
