@@ -7,7 +7,7 @@
 For each context and strategy (``full``, ``dca``), one run of a random-weight Llama-3-8B-shaped model in bf16:
 
 - ``default``: the strategy with its default options (on CUDA: the preallocated cache, CUDA-graph decode steps and
-  the model's RMSNorms fused into one kernel each, :mod:`longctx_llm.fused_norm`);
+  the model's RMSNorms fused into one kernel each, :mod:`longctx_llm.kernels.fused_norm`);
 - ``unfused``: the same with transformers' own RMSNorm modules put back (the default before the fused norms);
 - ``eager``: ``static_cache: false, cuda_graphs: false`` (a ``DynamicCache`` and eager steps, the path before);
 - ``compiled`` (``--compile``): ``compile: true``, the graph-replayed step through ``torch.compile``;

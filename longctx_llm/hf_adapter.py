@@ -15,7 +15,7 @@ The seams used (transformers 5.x):
   chosen positions (RCC's encoder). Hooks are registered for one forward call and removed after it, under the
   model's forward lock, so no module is patched and nothing outlives the call.
 - the RMSNorm classes of the Llama family (``FUSABLE_NORMS``): on a CUDA model each is replaced by a module holding
-  it and its weight that runs one Triton kernel for inference (:mod:`longctx_llm.fused_norm`); nothing else is
+  it and its weight that runs one Triton kernel for inference (:mod:`longctx_llm.kernels.fused_norm`); nothing else is
   replaced.
 
 The version range below is the one the test-suite runs against (tests/unit/test_hf_adapter.py).
@@ -140,8 +140,8 @@ def default_attention(module, query, key, value, ctx: AttentionContext, *, scali
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     view = ctx.extra.get("decode")
-    if view is not None:  # a fixed decode step over a preallocated cache (longctx_llm.kv_cache)
-        from .decode_attention import attend
+    if view is not None:  # a fixed decode step over a preallocated cache (longctx_llm.kernels.kv_cache)
+        from .kernels.decode_attention import attend
 
         out = attend(query.transpose(1, 2), key, value, valid=view.valid, first=view.first, scale=scaling)
         return out.transpose(1, 2)  # (B, 1, H, D)
@@ -207,15 +207,15 @@ def use_longctx_attention(model) -> None:
 
 
 #: RMSNorm classes whose forward is ``weight * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype)`` (checked against
-#: their source in tests/unit/test_fused_norm.py), which :class:`~longctx_llm.fused_norm.FusedRMSNorm` computes
+#: their source in tests/unit/test_fused_norm.py), which :class:`~longctx_llm.kernels.fused_norm.FusedRMSNorm` computes
 FUSABLE_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 
 
 def use_fused_norms(model, enabled: bool = True) -> int:
-    """Replace every RMSNorm of a fusable class with a :class:`~longctx_llm.fused_norm.FusedRMSNorm` holding it
+    """Replace every RMSNorm of a fusable class with a :class:`~longctx_llm.kernels.fused_norm.FusedRMSNorm` holding it
     (``enabled=False`` puts the originals back). Returns how many modules changed. Weights and state-dict keys stay
     the same; on CPU, under autograd or ``torch.compile`` the replaced module's own forward runs."""
-    from .fused_norm import FusedRMSNorm
+    from .kernels.fused_norm import FusedRMSNorm
 
     changed = 0
     for parent in list(model.modules()):
@@ -358,8 +358,8 @@ def cache_length(cache) -> int:
 
 
 def _preallocated(cache) -> bool:
-    """Whether ``cache`` is the core's :class:`~longctx_llm.kv_cache.StaticCache` (its own methods do the work)."""
-    from .kv_cache import StaticCache
+    """Whether ``cache`` is the core's :class:`~longctx_llm.kernels.kv_cache.StaticCache` (its own methods do the work)."""
+    from .kernels.kv_cache import StaticCache
 
     return isinstance(cache, StaticCache)
 

@@ -34,9 +34,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import hf_adapter, restore
-from .cuda_graphs import GraphRunner, available as cuda_available
+from .kernels.cuda_graphs import GraphRunner, available as cuda_available
 from .errors import LongctxError, SessionError
-from .kv_cache import StaticCache
+from .kernels.kv_cache import StaticCache
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class StrategyOptions(BaseModel):
 
 
 class FastDecodeOptions(StrategyOptions):
-    """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kv_cache.StaticCache`."""
+    """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kernels.kv_cache.StaticCache`."""
 
     speed_only: ClassVar[frozenset[str]] = frozenset({"static_cache", "cuda_graphs", "compile", "lookahead"})
 
@@ -217,7 +217,7 @@ def _compiled_step():
 class KVCacheState(StrategyState):
     """A KV-cache state with chunked prefill and left-padding support; override the seams, not ``forward``.
 
-    ``static_cache``: keep keys/values in a preallocated :class:`~longctx_llm.kv_cache.StaticCache` instead of
+    ``static_cache``: keep keys/values in a preallocated :class:`~longctx_llm.kernels.kv_cache.StaticCache` instead of
     transformers' ``DynamicCache``; a one-token decode step is then a *fixed* step (it writes one slot and attends
     through a device-side valid length), which ``cuda_graphs`` replays from a CUDA graph. The attention function
     must handle ``extra["decode"]`` (the core's plain attention and DCA's do).
@@ -296,7 +296,7 @@ class KVCacheState(StrategyState):
 
         Only for forwards that are the same GPU program every time (same shapes; every tensor read or written at a
         fixed address; no Python decision inside the forward that changes between calls): see
-        :mod:`longctx_llm.cuda_graphs`. Default: a fixed decode step of a static cache (see the class docstring).
+        :mod:`longctx_llm.kernels.cuda_graphs`. Default: a fixed decode step of a static cache (see the class docstring).
         """
         return ("decode", all_logits) if self._fixed else None
 

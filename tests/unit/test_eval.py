@@ -156,7 +156,7 @@ def test_speed_sizes_a_preallocated_cache_as_generation_does(tiny_model, monkeyp
     """`eval speed` reserves prompt + decode tokens up front, as the generation loop does, so a preallocated cache
     is measured at the size a user's request gets (not grown in steps past it)."""
     from longctx_llm import Engine, evaluate
-    from longctx_llm.kv_cache import StaticCache
+    from longctx_llm.kernels import StaticCache
 
     engine = Engine(tiny_model("llama", max_positions=2048), strategy={"name": "full", "static_cache": True})
     sizes = []

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from longctx_llm import hf_adapter
-from longctx_llm.fused_norm import FusedRMSNorm
+from longctx_llm.kernels import FusedRMSNorm
 
 
 def _norm_classes():
@@ -42,7 +42,7 @@ def _kernel():
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
-    from longctx_llm import triton_norm
+    from longctx_llm.kernels import triton_norm
 
     return triton_norm, ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -146,14 +146,14 @@ def test_out_of_memory_in_the_kernel_is_raised_not_swallowed(monkeypatch):
 
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    import longctx_llm
-    from longctx_llm import fused_norm
+    import longctx_llm.kernels
+    from longctx_llm.kernels import fused_norm
 
     norm = FusedRMSNorm(LlamaRMSNorm(8))
     monkeypatch.setattr(FusedRMSNorm, "_fast", lambda self, x: True)
-    fake = types.ModuleType("longctx_llm.triton_norm")
-    monkeypatch.setitem(sys.modules, "longctx_llm.triton_norm", fake)
-    monkeypatch.setattr(longctx_llm, "triton_norm", fake, raising=False)  # `from . import` reads the attribute
+    fake = types.ModuleType("longctx_llm.kernels.triton_norm")
+    monkeypatch.setitem(sys.modules, "longctx_llm.kernels.triton_norm", fake)
+    monkeypatch.setattr(longctx_llm.kernels, "triton_norm", fake, raising=False)  # `from . import` reads the attribute
     monkeypatch.setattr(fused_norm, "_KERNEL_OFF", set())
     x = torch.randn(2, 8)
 

@@ -1,7 +1,7 @@
 """The preallocated cache and its fixed decode step equal the DynamicCache path (issue 15's exactness).
 
 On CPU the fixed step runs eagerly: the same cache writes, device-side valid lengths and attention kernels (the
-PyTorch reference of :mod:`longctx_llm.decode_attention`) that a CUDA graph replays on the GPU. The Triton kernel
+PyTorch reference of :mod:`longctx_llm.kernels.decode_attention`) that a CUDA graph replays on the GPU. The Triton kernel
 itself is checked against that reference under Triton's CPU interpreter when Triton is installed.
 """
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from longctx_llm import registry
-from longctx_llm.decode_attention import attend_reference, rotated_versions
-from longctx_llm.kv_cache import StaticCache
+from longctx_llm.kernels.decode_attention import attend_reference, rotated_versions
+from longctx_llm.kernels import StaticCache
 
 TOL = 2e-5  # float32 on CPU: the fixed step's einsum softmax against SDPA / DCA's merged partial attentions
 
@@ -164,7 +164,7 @@ def test_triton_kernel_matches_reference():
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
-    from longctx_llm import triton_decode
+    from longctx_llm.kernels import triton_decode
 
     for P in (1, 3):
         q, k, v, valid, first, bounds = (t.cuda() if cuda else t for t in _reference_case(P))

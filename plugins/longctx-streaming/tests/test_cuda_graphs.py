@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longctx_llm import cuda_graphs
+from longctx_llm.kernels import cuda_graphs
 from longctx_llm import strategy as strategy_mod
 from longctx_streaming import StreamingStrategy
 

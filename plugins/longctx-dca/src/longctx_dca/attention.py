@@ -384,19 +384,19 @@ def dca_decode(
 ) -> torch.Tensor:
     """DCA for one new query per row over a preallocated cache, as one pass over the keys.
 
-    q (B, H, 1, D) rotated at ``i mod s``; k/v (B, Hkv, N, D): a :class:`~longctx_llm.kv_cache.StaticCache`'s
+    q (B, H, 1, D) rotated at ``i mod s``; k/v (B, Hkv, N, D): a :class:`~longctx_llm.kernels.kv_cache.StaticCache`'s
     buffers, of which keys ``[view.first, view.valid)`` are real (``view``: its
-    :class:`~longctx_llm.kv_cache.DecodeView`; the new token is the last one); ``rotary``: the model's
+    :class:`~longctx_llm.kernels.kv_cache.DecodeView`; the new token is the last one); ``rotary``: the model's
     :class:`~longctx_llm.hf_adapter.Rotary`. Returns (B, H, 1, D).
 
     The query's three versions (intra as given, successive and inter re-rotated by :func:`query_deltas`, scaled by
-    the optional temperature) go to :func:`longctx_llm.decode_attention.attend` as a rotation, with the bounds of the
+    the optional temperature) go to :func:`longctx_llm.kernels.decode_attention.attend` as a rotation, with the bounds of the
     current chunk (intra keys from its start cs, successive keys from cs − s): each key is read once, scored by the
     version its part uses, and one softmax over all of them is exactly the LSE merge of the three partial
     attentions. Everything is computed on the device from ``view``, so the step replays from a CUDA graph; what is
     the same for every layer (angles, bounds) is computed once per step and kept in ``step`` (a per-forward dict).
     """
-    from longctx_llm.decode_attention import attend
+    from longctx_llm.kernels import attend
 
     made = step.get("dca") if step is not None else None
     if made is None:

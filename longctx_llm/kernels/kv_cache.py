@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .errors import LongctxError
+from ..errors import LongctxError
 
 #: capacities are multiples of this many tokens
 GRANULE = 256

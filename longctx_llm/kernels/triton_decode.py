@@ -1,4 +1,4 @@
-"""The split-key decode kernel behind :func:`longctx_llm.decode_attention.attend` (CUDA fast path).
+"""The split-key decode kernel behind :func:`longctx_llm.kernels.decode_attention.attend` (CUDA fast path).
 
 Grid: (batch x key/value heads, key slices). A program loads the P x G query rows that read its key/value head
 (P query versions, G grouped query heads), streams its slice of keys and values once in blocks, scores each key
@@ -8,7 +8,7 @@ small kernel) gives the exact softmax over all keys. With a rotation, the progra
 one query and per-row cos/sin tables (DCA's re-rotated queries cost no kernel of their own).
 
 Importing this module imports Triton. With ``TRITON_INTERPRET=1`` (set before Triton is imported) it also runs on
-CPU tensors, which is how the tests check it against :func:`~longctx_llm.decode_attention.attend_reference`.
+CPU tensors, which is how the tests check it against :func:`~longctx_llm.kernels.decode_attention.attend_reference`.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _programs(device: torch.device) -> int:
 
 
 def attend(q, k, v, *, valid, first, bounds, scale: float, rotation=None) -> torch.Tensor:
-    """See :func:`longctx_llm.decode_attention.attend` (same arguments, first/bounds given)."""
+    """See :func:`longctx_llm.kernels.decode_attention.attend` (same arguments, first/bounds given)."""
     # Triton launches on the current device: make it the tensors' (a model on cuda:1)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         return _attend(q, k, v, valid=valid, first=first, bounds=bounds, scale=scale, rotation=rotation)

@@ -6,7 +6,7 @@ not the weight reads, are a large part of the step (benchmarks/RESULTS.md, GPU d
 the module it replaces and the same ``weight`` parameter (state-dict keys do not change):
 
 - CUDA tensors, no gradient wanted, not inside ``torch.compile`` (which fuses the norm itself), Triton importable:
-  :func:`longctx_llm.triton_norm.rms_norm`, the same arithmetic in one kernel;
+  :func:`longctx_llm.kernels.triton_norm.rms_norm`, the same arithmetic in one kernel;
 - anything else (CPU, training, compiling): the replaced module's own forward, unchanged.
 
 :func:`longctx_llm.hf_adapter.use_fused_norms` puts it into a loaded model (the module names and classes are

@@ -1,4 +1,4 @@
-"""The RMSNorm kernel behind :class:`longctx_llm.fused_norm.FusedRMSNorm` (CUDA fast path).
+"""The RMSNorm kernel behind :class:`longctx_llm.kernels.fused_norm.FusedRMSNorm` (CUDA fast path).
 
 One program per row: load the row, sum of squares in float32, scale by ``rsqrt(mean + eps)``, round to the input's
 dtype, multiply by the weight (in float32, rounded to the output's dtype). That is the arithmetic of transformers'
