@@ -21,7 +21,7 @@ TINY_ARCHS = ("llama", "qwen2", "gpt_neox")
 
 @pytest.fixture(scope="session")
 def smollm():
-    from longctx_llm.models import ModelHandle
+    from longctx_llm import ModelHandle
 
     return ModelHandle("smollm2-135m-instruct", device="cpu", dtype="float32").get()
 
@@ -66,7 +66,7 @@ def make_tiny_config(arch: str, max_positions: int = 256, **overrides):
 def build_tiny(arch: str, tokenizer, seed: int = 0, device: str = "cpu", **overrides):
     from transformers import AutoModelForCausalLM
 
-    from longctx_llm.models import wrap_model
+    from longctx_llm.model import wrap_model
 
     torch.manual_seed(seed)
     cfg = make_tiny_config(arch, **overrides)

@@ -82,7 +82,7 @@ def random_compressor(loaded) -> str:
 
     from longctx_rcc.compressor import RCCCompressor
 
-    from longctx_llm import adapters as files
+    from longctx_llm.model import adapters as files
 
     comp = RCCCompressor(loaded.model, window=1024, ratio=32, encoder_rank=16, encoder_projections=("attention", "mlp"),
                          slot_rank=16, reader_rank=16)
@@ -95,7 +95,7 @@ def random_llama(args, tokenizer, device, dtype, max_positions: int = 8192):
     """A random-weight Llama of the shape in ``args`` (see :func:`add_model_shape_args`), as a LoadedModel."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from longctx_llm.models import wrap_model
+    from longctx_llm.model import wrap_model
 
     cfg = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -174,7 +174,7 @@ def load_tokenizer(tokenizer_dir=None, model: str = "smollm2-135m-instruct"):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(tokenizer_dir)
-    from longctx_llm.models import ModelHandle
+    from longctx_llm import ModelHandle
 
     return ModelHandle(model, device="cpu").get().tokenizer
 

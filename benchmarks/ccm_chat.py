@@ -36,7 +36,7 @@ from _common import out_dir, print_table, write_json  # noqa: E402
 from longctx_llm import Engine  # noqa: E402
 from longctx_llm.cli import split_text  # noqa: E402
 from longctx_llm.errors import LongctxError  # noqa: E402
-from longctx_llm.models import ModelHandle  # noqa: E402
+from longctx_llm import ModelHandle  # noqa: E402
 
 WORDS = ["amber", "falcon", "harbor", "cobalt", "meadow", "lantern", "quartz", "willow", "saffron", "glacier",
          "orchid", "tundra", "velvet", "cinder", "marble", "juniper", "pepper", "summit", "thistle", "canyon"]
@@ -47,7 +47,7 @@ def render_ids(engine, messages, gen_prompt=False) -> list[int]:
 
 
 def cache_bytes(state) -> int:
-    from longctx_llm import hf_adapter
+    from longctx_llm.model import hf_adapter
 
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in hf_adapter.cache_kv(state.cache))
 

@@ -23,7 +23,7 @@ from _common import (
 )
 
 from longctx_llm import registry
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 
 def strategies(max_length: int):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _option_value, out_dir, print_table, random_compressor, write_json  # noqa: E402
 
 from longctx_llm import Engine, evaluate  # noqa: E402
-from longctx_llm.models import ModelHandle  # noqa: E402
+from longctx_llm import ModelHandle  # noqa: E402
 
 OURS = ("longctx_llm", "longctx_rcc", "longctx_dca", "longctx_ccm", "longctx_streaming")
 

@@ -13,7 +13,7 @@ import torch
 from _common import out_dir, write_json
 
 from longctx_llm import registry
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from _common import (  # noqa: E402
 )
 
 from longctx_llm import Engine, evaluate  # noqa: E402
-from longctx_llm.models import ModelHandle  # noqa: E402
+from longctx_llm import ModelHandle  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from _common import header, out_dir, plot, print_table, write_json
 
 from longctx_llm import Engine
 from longctx_llm.cli import segment_perplexity
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 from longctx_llm.textdata import read_text
 
 VARIANTS = {

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from _common import header, out_dir, plot, print_table, write_json
 
-from longctx_llm.hf_adapter import Rotary
+from longctx_llm.model import Rotary
 
 
 def attend(q, k, v):

@@ -24,7 +24,7 @@ from .errors import (
 )
 from .generation import Completion
 from .memory import Memory, MemoryOptions, MemoryState
-from .models import ModelHandle
+from .model.loading import ModelHandle
 from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
 from .strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, StrategyState
 

@@ -126,7 +126,7 @@ def _cmd_plugins(args) -> int:
 def _cmd_validate(args) -> int:
     from .config import load_config
     from .engine import Engine
-    from .models import resolve_source
+    from .model.loading import resolve_source
 
     cfg = load_config(args.pipeline)
     resolve_source(cfg.model.source)  # the model must exist where the file says (alias installed, path present)
@@ -302,7 +302,7 @@ def _cmd_eval_compare(args) -> int:
 
 
 def _cmd_cache(args) -> int:
-    from .models import cache_entries, cache_root, clear_cache
+    from .model.loading import cache_entries, cache_root, clear_cache
 
     if args.action == "clear":
         freed = clear_cache()

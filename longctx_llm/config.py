@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from . import registry
 from .errors import ConfigError, PluginError
-from .models import DEFAULT_MODEL, DTYPES
+from .model.loading import DEFAULT_MODEL, DTYPES
 
 
 class _Strict(BaseModel):

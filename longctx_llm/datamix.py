@@ -215,7 +215,7 @@ def split_records(records: list[dict], every: int = HOLDOUT_EVERY) -> tuple[list
 
 def read_mix(specs: list[SourceSpec], every: int = HOLDOUT_EVERY) -> list[SourceDocs]:
     """Read and check every file of the mix (no model needed)."""
-    from . import adapters as files
+    from .model import adapters as files
 
     out = []
     for spec in specs:

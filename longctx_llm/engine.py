@@ -24,7 +24,7 @@ from .config import GenerationConfig, PipelineConfig, PluginConfig, format_valid
 from .errors import ConfigError, ContextWindowError, InputError, ResourceError, SessionError
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
-from .models import DEFAULT_MODEL, LoadedModel, ModelHandle
+from .model.loading import DEFAULT_MODEL, LoadedModel, ModelHandle
 from .progress import progress_bar
 from .session import Session, check_compatible, check_dtype, check_restored, read_session, save_session
 from .strategy import Strategy

@@ -18,7 +18,7 @@ Strategies that act differently (RCC encodes the prompt once, window by window) 
 Memories that keep past turns as key/value slots (CCM) edit the cache through three more methods every editable
 state offers: :meth:`KVCacheState.kv_span` (read entries), :meth:`KVCacheState.splice` (replace a span of entries,
 moving the later ones) and :meth:`KVCacheState.compact_tail` (drop a span just before the newest entries). A forward
-may carry embeddings instead of token ids and per-call :class:`~longctx_llm.hf_adapter.ForwardHooks` (CCM's
+may carry embeddings instead of token ids and per-call :class:`~longctx_llm.model.hf_adapter.ForwardHooks` (CCM's
 conditional LoRA on its compression tokens).
 """
 
@@ -33,7 +33,8 @@ from typing import Any, ClassVar, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import hf_adapter, restore
+from .model import hf_adapter
+from . import restore
 from .kernels.cuda_graphs import GraphRunner, available as cuda_available
 from .errors import LongctxError, SessionError
 from .kernels.kv_cache import StaticCache
@@ -129,7 +130,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def new_state(self, model, batch_size: int = 1) -> "StrategyState":
-        """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.models.LoadedModel`)."""
+        """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.model.loading.LoadedModel`)."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options.model_dump()}
@@ -184,7 +185,7 @@ class StrategyState(ABC):
 
 
 def cuda_graphs_available(model) -> bool:
-    """Whether a loaded model (:class:`~longctx_llm.models.LoadedModel`) runs where CUDA graphs can replay."""
+    """Whether a loaded model (:class:`~longctx_llm.model.loading.LoadedModel`) runs where CUDA graphs can replay."""
     return cuda_available(torch.device(model.device))
 
 

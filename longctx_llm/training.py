@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import adapters as files
+from .model import adapters as files
 from .errors import InputError
 from .textdata import HOLDOUT_EVERY
 

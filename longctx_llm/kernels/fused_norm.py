@@ -9,7 +9,7 @@ the module it replaces and the same ``weight`` parameter (state-dict keys do not
   :func:`longctx_llm.kernels.triton_norm.rms_norm`, the same arithmetic in one kernel;
 - anything else (CPU, training, compiling): the replaced module's own forward, unchanged.
 
-:func:`longctx_llm.hf_adapter.use_fused_norms` puts it into a loaded model (the module names and classes are
+:func:`longctx_llm.model.hf_adapter.use_fused_norms` puts it into a loaded model (the module names and classes are
 transformers' business, so that lives in the adapter module).
 """
 

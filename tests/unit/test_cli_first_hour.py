@@ -63,7 +63,7 @@ def test_plugin_descriptions_are_plain_text(name, capsys):
 
 
 def test_chat_loads_the_model_before_the_first_prompt(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from longctx_llm.models import ModelHandle
+    from longctx_llm import ModelHandle
 
     events = []
     real_get = ModelHandle.get

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_llm.kernels import FusedRMSNorm
 
 

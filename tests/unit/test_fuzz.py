@@ -57,7 +57,7 @@ def test_yaml_text_only_raises_config_errors(tmp_path_factory, text):
 def engine(tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from longctx_llm.models import wrap_model
+    from longctx_llm.model import wrap_model
 
     cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from longctx_llm import ConfigError, Engine, InputError, SessionError
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 
 def test_a_model_folders_own_code_never_runs(tiny_model_dir, tmp_path):
@@ -21,7 +21,7 @@ def test_a_model_folders_own_code_never_runs(tiny_model_dir, tmp_path):
     cfg["auto_map"] = {"AutoModelForCausalLM": "evil.Evil"}
     (d / "config.json").write_text(json.dumps(cfg))
     code = (
-        "import sys; from longctx_llm.models import ModelHandle\n"
+        "import sys; from longctx_llm.model.loading import ModelHandle\n"
         f"h = ModelHandle({str(d)!r}, device='cpu')\n"
         "try:\n    h.get()\nexcept Exception as e:\n    print(type(e).__name__)\n"
     )

@@ -3,7 +3,7 @@
 import pytest
 
 from longctx_llm import Engine, ModelHandle, ModelLoadError
-from longctx_llm.models import resolve_source
+from longctx_llm.model import resolve_source
 
 
 def test_alias_resolves_to_packaged_gguf():
@@ -51,7 +51,7 @@ def test_bad_device_and_dtype():
 
 def test_converted_gguf_cache_is_keyed_by_content(tmp_path, monkeypatch):
     """Two clones (two paths) of the same GGUF share one converted copy; another file gets its own."""
-    from longctx_llm.models import _gguf_cache_dir
+    from longctx_llm.model.loading import _gguf_cache_dir
 
     monkeypatch.setenv("LONGCTX_CACHE_DIR", str(tmp_path / "cache"))
     a, b, c = tmp_path / "a.gguf", tmp_path / "b" / "a.gguf", tmp_path / "c.gguf"

@@ -254,7 +254,7 @@ def test_sessions_restore_across_speed_only_options(tiny_model_dir, tmp_path):
 
 def test_adapter_cache_functions_take_a_static_cache(tiny_model):
     """hf_adapter's cache helpers (used by benchmarks and memories) work on the preallocated cache too."""
-    from longctx_llm import hf_adapter
+    from longctx_llm.model import hf_adapter
 
     st = _strategy("full", static_cache=True).new_state(tiny_model("llama"), 1)
     st.forward(torch.randint(5, 1000, (1, 20)))

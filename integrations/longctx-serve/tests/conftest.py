@@ -14,7 +14,7 @@ def tiny_engine(tokenizer, max_positions: int = 256, max_new_tokens: int = 6):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from longctx_llm import Engine
-    from longctx_llm.models import wrap_model
+    from longctx_llm.model import wrap_model
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

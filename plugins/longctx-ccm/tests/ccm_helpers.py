@@ -51,7 +51,7 @@ def run_turns(loaded, adapter, segments: list[list[int]], k: int, mode: str = "c
 
 def save_random_adapter(loaded, path, *, modes=("concat", "merge"), comp_tokens=(1, 2, 4), **kw):
     """A random adapter for a tiny model, saved where ``memory.adapter`` can point (no base hash: in-memory model)."""
-    from longctx_llm import adapters as files
+    from longctx_llm.model import adapters as files
 
     a = random_adapter(loaded, modes=modes, comp_tokens=comp_tokens, **kw)
     card = {"base_model": {"name": "tiny", **files.model_facts(loaded.model)}, "training": {"steps": 0}}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from longctx_llm import AdapterError, Engine
-from longctx_llm import adapters as files
+from longctx_llm.model import adapters as files
 from longctx_ccm.adapter import CCMAdapter
 
 from ccm_helpers import save_random_adapter

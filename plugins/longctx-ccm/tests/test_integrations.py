@@ -3,7 +3,7 @@
 import pytest
 
 from longctx_llm import Engine, load_pipeline
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 from ccm_helpers import save_random_adapter
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longctx_llm import AdapterError, ConfigError, Engine
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_llm.memory import SLOT
 from longctx_ccm.adapter import CCMAdapter
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_ccm.parallel import Layout, parallel_hidden
 
 from ccm_helpers import random_adapter, run_turns

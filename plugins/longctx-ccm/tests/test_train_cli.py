@@ -8,7 +8,7 @@ import pytest
 from longctx_ccm.adapter import CCMAdapter
 
 from longctx_llm import cli
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 
 def _args(model_dir, data, out, steps):

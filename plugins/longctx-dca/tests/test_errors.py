@@ -7,7 +7,7 @@ import pytest
 from longctx_dca.strategy import DCAStrategy
 from longctx_llm import Engine
 from longctx_llm.errors import ConfigError, ContextWindowError, UnsupportedModelError
-from longctx_llm.hf_adapter import ModelInfo
+from longctx_llm.model import ModelInfo
 
 
 def info(model_type="llama", L=8192, rope="default") -> ModelInfo:
@@ -71,7 +71,7 @@ def test_dynamic_rope_is_refused():
 def test_gpt2_model_through_the_engine(tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from longctx_llm.models import wrap_model
+    from longctx_llm.model import wrap_model
 
     model = wrap_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=49152)), tokenizer)
     engine = Engine(model, strategy="dca")

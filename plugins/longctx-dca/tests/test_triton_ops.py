@@ -19,7 +19,7 @@ if not CUDA:
 
 from longctx_dca import kernels, triton_ops  # noqa: E402
 from longctx_dca.attention import Geometry, dca_blocked, dca_chunked, default_inv_freq, rope_rotate  # noqa: E402
-from longctx_llm.hf_adapter import Rotary  # noqa: E402
+from longctx_llm.model import Rotary  # noqa: E402
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 OUT_DTYPES = [torch.float32, torch.bfloat16] if CUDA else [torch.float32]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from longctx_llm import AdapterError
-from longctx_llm import adapters as files
+from longctx_llm.model import adapters as files
 from longctx_rcc.compressor import RCCCompressor
 
 from rcc_helpers import random_compressor

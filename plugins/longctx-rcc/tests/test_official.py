@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from longctx_llm import AdapterError, Engine, hf_adapter
+from longctx_llm import AdapterError, Engine
+from longctx_llm.model import hf_adapter
 from longctx_rcc.official import EMBED_BRIDGE, LAYER_BRIDGE, is_official_layout
 
 

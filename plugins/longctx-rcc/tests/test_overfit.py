@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_rcc.compressor import RCCCompressor
 from longctx_rcc.train import decoder_pass, encode_context, text_nll
 

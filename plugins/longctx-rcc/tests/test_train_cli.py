@@ -9,7 +9,7 @@ import torch
 from longctx_rcc.compressor import RCCCompressor
 
 from longctx_llm import cli
-from longctx_llm.models import ModelHandle
+from longctx_llm import ModelHandle
 
 
 def _args(model_dir, data, out, steps):

@@ -55,7 +55,7 @@ def test_rewind_and_padding_are_refused(tiny_model):
 
 
 def test_model_without_rope_is_unsupported(tiny_model):
-    from longctx_llm import hf_adapter
+    from longctx_llm.model import hf_adapter
 
     info = hf_adapter.ModelInfo("gpt2", 1024, 2, 4, 4, 16, None)
     with pytest.raises(UnsupportedModelError, match="gpt2"):

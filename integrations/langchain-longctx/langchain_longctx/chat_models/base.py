@@ -31,7 +31,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from longctx_llm import Engine, aio, guided, turns
 from longctx_llm import tools as tools_mod
 from longctx_llm.errors import InputError
-from longctx_llm.models import DEFAULT_MODEL
+from longctx_llm.model import DEFAULT_MODEL
 
 from ..messages import to_core_messages
 

@@ -1,6 +1,6 @@
 """The CCM adapter: COMP token embeddings plus a conditional LoRA (REFERENCE §3), and its files.
 
-Tensors of a longctx adapter directory (``longctx_llm.adapters``)::
+Tensors of a longctx adapter directory (``longctx_llm.model.adapters``)::
 
     comp_embeddings                       (n_comp, hidden)  input embeddings of COMP tokens 0..n_comp-1
     lora.layers.{i}.{projection}.lora_A   (r, in)
@@ -23,10 +23,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from longctx_llm import adapters as files
-from longctx_llm import hf_adapter
+from longctx_llm.model import adapters as files
+from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
-from longctx_llm.lora import LoRA
+from longctx_llm.model import LoRA
 
 KIND = "ccm"
 

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 
 from .adapter import CCMAdapter
 

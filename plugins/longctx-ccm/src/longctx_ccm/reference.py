@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm import adapters as files
-from longctx_llm import hf_adapter
+from longctx_llm.model import adapters as files
+from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
 
 from .adapter import CCMAdapter

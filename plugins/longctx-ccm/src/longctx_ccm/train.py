@@ -124,7 +124,7 @@ class CCMTrainer:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from longctx_llm.models import ModelHandle
+        from longctx_llm import ModelHandle
 
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if not modes or any(m not in ("concat", "merge") for m in modes):

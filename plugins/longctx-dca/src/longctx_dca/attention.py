@@ -387,7 +387,7 @@ def dca_decode(
     q (B, H, 1, D) rotated at ``i mod s``; k/v (B, Hkv, N, D): a :class:`~longctx_llm.kernels.kv_cache.StaticCache`'s
     buffers, of which keys ``[view.first, view.valid)`` are real (``view``: its
     :class:`~longctx_llm.kernels.kv_cache.DecodeView`; the new token is the last one); ``rotary``: the model's
-    :class:`~longctx_llm.hf_adapter.Rotary`. Returns (B, H, 1, D).
+    :class:`~longctx_llm.model.hf_adapter.Rotary`. Returns (B, H, 1, D).
 
     The query's three versions (intra as given, successive and inter re-rotated by :func:`query_deltas`, scaled by
     the optional temperature) go to :func:`longctx_llm.kernels.decode_attention.attend` as a rotation, with the bounds of the

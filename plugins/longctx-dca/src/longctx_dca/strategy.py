@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from pydantic import ValidationError
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_llm.config import format_validation_error
 from longctx_llm.errors import ConfigError
 from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, fast_decode_defaults

@@ -30,10 +30,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from longctx_llm import adapters as files
-from longctx_llm import hf_adapter
+from longctx_llm.model import adapters as files
+from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
-from longctx_llm.lora import LoRA
+from longctx_llm.model import LoRA
 
 KIND = "rcc"
 

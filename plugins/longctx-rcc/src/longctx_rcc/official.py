@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm import hf_adapter
+from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
 
 from .compressor import RCCCompressor

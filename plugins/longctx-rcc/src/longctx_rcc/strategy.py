@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm import hf_adapter, restore
+from longctx_llm.model import hf_adapter
+from longctx_llm import restore
 from longctx_llm.errors import AdapterError, ConfigError, InputError, LongctxError, SessionError, UnsupportedModelError
 from longctx_llm.progress import progress_bar
 from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults

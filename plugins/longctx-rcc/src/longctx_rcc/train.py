@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm import hf_adapter, training
+from longctx_llm.model import hf_adapter
+from longctx_llm import training
 from longctx_llm.errors import InputError
 from longctx_llm.evaluate import RECALL_INSTRUCTION
 
@@ -167,7 +168,7 @@ class RCCTrainer:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from longctx_llm.models import ModelHandle
+        from longctx_llm import ModelHandle
 
         if args.window % args.ratio:
             raise InputError(f"--window {args.window} is not a multiple of --ratio {args.ratio}")

@@ -18,7 +18,7 @@ class SinkBuffers:
         self.num_layers = num_layers
         self.sink, self.window = sink, window
         self.capacity = sink + window
-        self.rotary = rotary  # longctx_llm.hf_adapter.Rotary
+        self.rotary = rotary  # longctx_llm.model.hf_adapter.Rotary
         self.device = torch.device(device)
         self.keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, D) each
         self.values: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S+W, Dv) each

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm import hf_adapter, restore
+from longctx_llm.model import hf_adapter
+from longctx_llm import restore
 from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionError
 from longctx_llm.strategy import Capabilities, KVCacheState, Strategy
 

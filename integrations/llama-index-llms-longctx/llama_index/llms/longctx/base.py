@@ -36,7 +36,7 @@ from longctx_llm.config import ModelConfig, format_validation_error
 from longctx_llm.engine import Engine, TextStream
 from longctx_llm.errors import ConfigError, InputError, LongctxError
 from longctx_llm.generation import Completion
-from longctx_llm.models import DEFAULT_MODEL
+from longctx_llm.model import DEFAULT_MODEL
 
 from .messages import assistant_message, session_of, to_engine_messages
 

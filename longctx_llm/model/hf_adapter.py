@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def default_attention(module, query, key, value, ctx: AttentionContext, *, scali
 
     view = ctx.extra.get("decode")
     if view is not None:  # a fixed decode step over a preallocated cache (longctx_llm.kernels.kv_cache)
-        from .kernels.decode_attention import attend
+        from ..kernels.decode_attention import attend
 
         out = attend(query.transpose(1, 2), key, value, valid=view.valid, first=view.first, scale=scaling)
         return out.transpose(1, 2)  # (B, 1, H, D)
@@ -215,7 +215,7 @@ def use_fused_norms(model, enabled: bool = True) -> int:
     """Replace every RMSNorm of a fusable class with a :class:`~longctx_llm.kernels.fused_norm.FusedRMSNorm` holding it
     (``enabled=False`` puts the originals back). Returns how many modules changed. Weights and state-dict keys stay
     the same; on CPU, under autograd or ``torch.compile`` the replaced module's own forward runs."""
-    from .kernels.fused_norm import FusedRMSNorm
+    from ..kernels.fused_norm import FusedRMSNorm
 
     changed = 0
     for parent in list(model.modules()):
@@ -359,7 +359,7 @@ def cache_length(cache) -> int:
 
 def _preallocated(cache) -> bool:
     """Whether ``cache`` is the core's :class:`~longctx_llm.kernels.kv_cache.StaticCache` (its own methods do the work)."""
-    from .kernels.kv_cache import StaticCache
+    from ..kernels.kv_cache import StaticCache
 
     return isinstance(cache, StaticCache)
 

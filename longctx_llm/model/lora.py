@@ -1,12 +1,12 @@
 """Low-rank weight deltas applied per call, at chosen positions (a conditional LoRA).
 
 CCM's compression tokens and RCC's encoder run the frozen model with a LoRA delta on some projections. Nothing is
-patched: :meth:`LoRA.hooks` returns :class:`~longctx_llm.hf_adapter.ForwardHooks` for one forward call, and the
+patched: :meth:`LoRA.hooks` returns :class:`~longctx_llm.model.hf_adapter.ForwardHooks` for one forward call, and the
 delta ``x A^T B^T · alpha / r`` is added to each listed projection's output only at the positions the call names
 (CCM: the COMP tokens; REFERENCE §3), or everywhere (an encoder pass).
 
 Weights are named ``layers.{i}.{projection}.lora_A`` (r, in) and ``.lora_B`` (out, r), the projection names of
-:data:`longctx_llm.hf_adapter.PROJECTIONS`. ``lora_B`` starts at zero, so an untrained LoRA changes nothing.
+:data:`longctx_llm.model.hf_adapter.PROJECTIONS`. ``lora_B`` starts at zero, so an untrained LoRA changes nothing.
 """
 
 from __future__ import annotations

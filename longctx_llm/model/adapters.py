@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 CARD = "adapter.json"
 FORMAT = "longctx-adapter"

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from . import hf_adapter
-from .errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
