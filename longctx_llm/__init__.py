@@ -9,7 +9,7 @@ Quickstart::
 
 from ._version import __version__
 from .config import GenerationConfig, PipelineConfig, load_config
-from .engine import Engine, TextStream
+from .runtime.engine import Engine, TextStream
 from .errors import (
     AdapterError,
     ConfigError,
@@ -22,11 +22,11 @@ from .errors import (
     SessionError,
     UnsupportedModelError,
 )
-from .generation import Completion
-from .memory import Memory, MemoryOptions, MemoryState
+from .runtime.generation import Completion
+from .runtime.memory import Memory, MemoryOptions, MemoryState
 from .model.loading import ModelHandle
 from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
-from .strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, StrategyState
+from .runtime.strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, StrategyState
 
 __all__ = [
     "__version__",

@@ -125,7 +125,7 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .config import load_config
-    from .engine import Engine
+    from .runtime.engine import Engine
     from .model.loading import resolve_source
 
     cfg = load_config(args.pipeline)
@@ -161,7 +161,7 @@ def _parse_lengths(text: str) -> list[int]:
 def _eval_setup(args):
     """(engine, token ids of --text) for an eval command."""
     from .config import load_config
-    from .engine import Engine
+    from .runtime.engine import Engine
     engine = Engine.from_config(load_config(args.pipeline))
     ids = engine.tokenize(split_text(args.text, args.split), add_special_tokens=False) if getattr(args, "text", None) else []
     return engine, ids
@@ -231,7 +231,7 @@ def _cmd_eval_gap(args) -> int:
 def _cmd_eval_chat(args) -> int:
     from . import evaluate
     from .config import load_config
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     chats = evaluate.read_chats(args.chats)
     if args.max_new_tokens <= 0:

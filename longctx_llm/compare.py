@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> list[dict[str, Any]]:
     from .cli import _parse_ints, _parse_lengths, split_text
     from .config import load_config
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     paths = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     if not paths:

@@ -89,7 +89,7 @@ class PipelineConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: Union[PluginConfig, list[PluginConfig]] = Field(
         default_factory=lambda: PluginConfig(name="full"),
-        description="One strategy, or two composed: [cache owner, attention] (see longctx_llm.compose).",
+        description="One strategy, or two composed: [cache owner, attention] (see longctx_llm.runtime.compose).",
     )
     memory: PluginConfig = Field(default_factory=lambda: PluginConfig(name="buffer"))
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

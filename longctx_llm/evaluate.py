@@ -1,6 +1,6 @@
 """Measurements behind ``longctx eval``: which strategy or memory to pick, on your model and your text.
 
-Every function takes an :class:`~longctx_llm.engine.Engine` built from a pipeline and returns rows (dicts) that the
+Every function takes an :class:`~longctx_llm.runtime.engine.Engine` built from a pipeline and returns rows (dicts) that the
 CLI prints as a table or as ``{"results": [...]}``:
 
 - :func:`perplexity`, :func:`stream`: perplexity of a text under the pipeline's strategy, with tokens/s and peak
@@ -14,7 +14,7 @@ CLI prints as a table or as ``{"results": [...]}``:
 - :func:`speed`: prefill seconds, decode tokens/s at that context, peak memory.
 
 A pipeline with a memory plugin other than the text ``buffer`` (CCM) receives the context as consecutive turns of
-``turn_tokens`` tokens through one session (:meth:`~longctx_llm.engine.Engine.extend`), so a compressing memory
+``turn_tokens`` tokens through one session (:meth:`~longctx_llm.runtime.engine.Engine.extend`), so a compressing memory
 compresses it; otherwise the context is one prefix under the pipeline's strategy. Targets are scored from their
 second token on, so every prediction has the same inputs in (a), (b) and (c): with no context, the first target
 token has nothing to be predicted from. Lengths a pipeline cannot take are rows with ``"error"`` naming the reason.
@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .errors import InputError, LongctxError
-from .progress import progress_bar
+from .runtime.progress import progress_bar
 
 #: the words between a context and the cue of a recall sample (adapter trainers use the same words)
 RECALL_INSTRUCTION = "\n\nCopy the passage above, starting from these words:\n"
@@ -139,7 +139,7 @@ def uses_memory(engine) -> bool:
 @torch.inference_mode()
 def plain_logits(engine, ids: Sequence[int], chunk: int = 2048) -> torch.Tensor:
     """(T, V) logits of plain causal attention over ``ids`` (the model as trained; no strategy, no window check)."""
-    from .strategy import KVCacheState
+    from .runtime.strategy import KVCacheState
 
     loaded = engine.loaded
     state = KVCacheState(loaded, 1, prefill_chunk_size=chunk)

@@ -34,7 +34,7 @@ import torch
 
 from .config import GenerationConfig
 from .errors import InputError, LongctxError
-from .generation import generate, run_to_end
+from .runtime.generation import generate, run_to_end
 
 logger = logging.getLogger(__name__)
 

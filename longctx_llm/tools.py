@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from .chat import template_supports_tools
+from .runtime.templates import template_supports_tools
 from .errors import InputError
 
 TOOL_CALL_OPEN = "<tool_call>"

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 from . import guided
 from . import tools as tools_mod
-from .chat import normalize_messages, render
+from .runtime.templates import normalize_messages, render
 from .config import GenerationConfig
 from .errors import InputError
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..strategy import Capabilities, FastDecodeOptions, KVCacheState, Strategy, fast_decode_defaults
+from ..runtime.strategy import Capabilities, FastDecodeOptions, KVCacheState, Strategy, fast_decode_defaults
 
 
 class FullOptions(FastDecodeOptions):

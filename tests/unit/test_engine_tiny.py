@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longctx_llm import ContextWindowError, Engine, InputError, SessionError
-from longctx_llm.generation import run_to_end, generate
+from longctx_llm.runtime import run_to_end, generate
 from longctx_llm.config import GenerationConfig
 
 #: architectures the root conftest's ``tiny_model`` builds (not imported: plugin test dirs have their own conftest)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longctx_llm.config import GenerationConfig
-from longctx_llm.generation import IncrementalDecoder, StopMatcher, sample
+from longctx_llm.runtime.generation import IncrementalDecoder, StopMatcher, sample
 
 
 def _feed(matcher: StopMatcher, pieces):

@@ -136,7 +136,7 @@ def test_out_of_memory_is_reported_and_the_engine_serves_the_next_request(tiny_m
     import torch
 
     from longctx_llm import ResourceError
-    from longctx_llm.strategy import KVCacheState
+    from longctx_llm import KVCacheState
 
     e = Engine(tiny_model("llama"), generation={"max_new_tokens": 4})
     e.chat("A first turn.", session_id="s")

@@ -9,7 +9,7 @@ import pytest
 
 from longctx_llm import Engine, InputError
 from longctx_llm import guided, tools
-from longctx_llm.chat import render
+from longctx_llm.runtime.templates import render
 
 ADD = {
     "type": "function",

@@ -30,10 +30,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from longctx_llm import aio, turns
+from longctx_llm.runtime import aio
+from longctx_llm import turns
 from longctx_llm._version import __version__
 from longctx_llm.config import format_validation_error
-from longctx_llm.engine import Engine
+from longctx_llm import Engine
 
 from . import convert, sse
 from .errors import APIError, to_api_error
@@ -66,7 +67,7 @@ class SessionTable:
 
 
 def _completion_events(engine: Engine, prompt: str, gen: dict) -> Iterator[Any]:
-    """Text deltas of a plain-text completion, then its :class:`~longctx_llm.generation.Completion`."""
+    """Text deltas of a plain-text completion, then its :class:`~longctx_llm.runtime.generation.Completion`."""
     stream = engine.stream(prompt, **gen)
     try:
         yield from stream

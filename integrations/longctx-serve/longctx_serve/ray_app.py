@@ -133,7 +133,7 @@ class LongctxReplica:
 
     def __init__(self, pipeline: Pipeline, replica_name: str, api_key: Optional[str] = None,
                  model_name: Optional[str] = None, max_sessions: int = 256):
-        from longctx_llm.engine import Engine
+        from longctx_llm import Engine
 
         engine = Engine.from_config(_pipeline_config(pipeline))
         _ = engine.loaded  # load and validate now: a bad pipeline fails the deployment, not the first request

@@ -1,6 +1,6 @@
 """Server-sent events in OpenAI's streaming format: one ``data: {json}`` per chunk, then ``data: [DONE]``.
 
-The engine's events (text deltas, then a reply) arrive through :func:`longctx_llm.aio.aiter_sync`, which runs
+The engine's events (text deltas, then a reply) arrive through :func:`longctx_llm.runtime.aio.aiter_sync`, which runs
 the blocking engine in a worker thread, so the event loop keeps serving other requests while tokens are made.
 An error after the stream started (the status line is already sent) is sent as an ``{"error": ...}`` event.
 """
@@ -11,7 +11,7 @@ import json
 from typing import Any, AsyncIterator
 
 from longctx_llm import turns
-from longctx_llm.generation import Completion
+from longctx_llm import Completion
 
 from . import convert
 from .errors import to_api_error

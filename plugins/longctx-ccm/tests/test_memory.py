@@ -7,7 +7,7 @@ import torch
 
 from longctx_llm import AdapterError, ConfigError, Engine
 from longctx_llm.model import hf_adapter
-from longctx_llm.memory import SLOT
+from longctx_llm.runtime import SLOT
 from longctx_ccm.adapter import CCMAdapter
 
 from ccm_helpers import random_adapter, save_random_adapter

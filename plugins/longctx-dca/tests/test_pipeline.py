@@ -7,7 +7,7 @@ import torch
 
 from longctx_dca.strategy import DCAStrategy
 from longctx_llm import load_pipeline, registry
-from longctx_llm.engine import Engine
+from longctx_llm import Engine
 from longctx_llm.errors import ConfigError
 
 

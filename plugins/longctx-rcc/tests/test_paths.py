@@ -134,7 +134,7 @@ def test_decoding_one_step_ahead_equals_step_by_step(tiny_model, prompt_len):
     """``lookahead`` (the CUDA default) through the generation loop: the same replies, and the state ends where
     step by step ends (a window compressed one token early answers the same)."""
     from longctx_llm.config import GenerationConfig
-    from longctx_llm.generation import generate, run_to_end
+    from longctx_llm.runtime import generate, run_to_end
 
     loaded = tiny_model("llama")
     comp = random_compressor(loaded)

@@ -52,7 +52,7 @@ def test_eval_stream_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_eval_stream_on_smollm_matches_the_python_api(smollm, tmp_path, capsys):
-    from longctx_llm.engine import Engine
+    from longctx_llm import Engine
 
     pipeline = _pipeline(tmp_path, "smollm2-135m-instruct", 256)
     args = ["eval", "stream", str(pipeline), "--text", str(TEXT), "--tokens", "1024", "--every", "256", "--json"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from longctx_llm.kernels import cuda_graphs
-from longctx_llm import strategy as strategy_mod
+from longctx_llm.runtime import strategy as strategy_mod
 from longctx_streaming import StreamingStrategy
 
 

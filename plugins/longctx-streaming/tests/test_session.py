@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longctx_llm.engine import Engine
+from longctx_llm import Engine
 
 STRATEGY = {"name": "streaming", "sink_tokens": 4, "window": 48, "prefill_chunk_size": 16}
 

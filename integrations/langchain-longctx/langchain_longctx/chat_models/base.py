@@ -28,7 +28,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from longctx_llm import Engine, aio, guided, turns
+from longctx_llm import Engine, guided, turns
+from longctx_llm.runtime import aio
 from longctx_llm import tools as tools_mod
 from longctx_llm.errors import InputError
 from longctx_llm.model import DEFAULT_MODEL

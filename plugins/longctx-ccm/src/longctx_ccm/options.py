@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from longctx_llm.memory import MemoryOptions
+from longctx_llm import MemoryOptions
 
 
 class CCMOptions(MemoryOptions):

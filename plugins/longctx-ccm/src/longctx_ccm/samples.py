@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from longctx_llm import chat as chat_mod
+from longctx_llm.runtime import templates as chat_mod
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from longctx_llm.strategy import FastDecodeOptions
+from longctx_llm.runtime import FastDecodeOptions
 
 BACKENDS = ("auto", "math", "cpu_flash", "cuda_flash", "cuda_cudnn", "cuda_efficient", "flash_attn")
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import Field, model_validator
 
-from longctx_llm.strategy import FastDecodeOptions
+from longctx_llm.runtime import FastDecodeOptions
 
 
 class RCCOptions(FastDecodeOptions):

@@ -21,10 +21,10 @@ from typing import Any, Optional
 import torch
 
 from longctx_llm.model import hf_adapter
-from longctx_llm import restore
+from longctx_llm.runtime import restore
 from longctx_llm.errors import AdapterError, ConfigError, InputError, LongctxError, SessionError, UnsupportedModelError
-from longctx_llm.progress import progress_bar
-from longctx_llm.strategy import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults
+from longctx_llm.runtime import progress_bar
+from longctx_llm.runtime import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults
 
 from .compressor import RCCCompressor, find_shipped
 from .options import RCCOptions

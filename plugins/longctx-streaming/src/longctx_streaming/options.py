@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from longctx_llm.strategy import StrategyOptions
+from longctx_llm import StrategyOptions
 
 #: default prefill piece, at most half the window so that the first query of a piece still sees half a window of
 #: context. 1024 (the prototype had 512): on an H200, `longctx eval stream` of SmolLM2 over 1M tokens with the default

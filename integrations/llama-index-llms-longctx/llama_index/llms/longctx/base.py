@@ -31,11 +31,12 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import ValidationError
 
-from longctx_llm import aio, guided, tools as tool_mod
+from longctx_llm.runtime import aio
+from longctx_llm import guided, tools as tool_mod
 from longctx_llm.config import ModelConfig, format_validation_error
-from longctx_llm.engine import Engine, TextStream
+from longctx_llm import Engine, TextStream
 from longctx_llm.errors import ConfigError, InputError, LongctxError
-from longctx_llm.generation import Completion
+from longctx_llm import Completion
 from longctx_llm.model import DEFAULT_MODEL
 
 from .messages import assistant_message, session_of, to_engine_messages

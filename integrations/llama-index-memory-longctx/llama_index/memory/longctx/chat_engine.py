@@ -9,7 +9,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.settings import Settings
 
-from longctx_llm.engine import Engine
+from longctx_llm import Engine
 from llama_index.llms.longctx import LongctxLLM
 
 from .base import LongctxMemory

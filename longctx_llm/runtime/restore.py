@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import SessionError
+from ..errors import SessionError
 
 
 def meta_int(meta: Any, key: str, low: int, high: int, what: str, why: Optional[str] = None) -> int:

@@ -33,11 +33,11 @@ from typing import Any, ClassVar, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .model import hf_adapter
+from ..model import hf_adapter
 from . import restore
-from .kernels.cuda_graphs import GraphRunner, available as cuda_available
-from .errors import LongctxError, SessionError
-from .kernels.kv_cache import StaticCache
+from ..kernels.cuda_graphs import GraphRunner, available as cuda_available
+from ..errors import LongctxError, SessionError
+from ..kernels.kv_cache import StaticCache
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class StrategyState(ABC):
 
     #: the generation loop may feed a sampled token before the host reads it (overlapping the host's per-token work
     #: with the GPU's next step) and rewind that one token when the reply ends: for states whose one-token rewind is
-    #: cheap and exact (see :func:`longctx_llm.generation._step_ahead`)
+    #: cheap and exact (see :func:`longctx_llm.runtime.generation._step_ahead`)
     lookahead: bool = False
 
     #: whether memories may edit the cache (:meth:`KVCacheState.compact_tail` and friends)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 #: roles accepted as another name of one of ROLES (OpenAI's newer name for the system role)

@@ -18,13 +18,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from pydantic import ValidationError
 
-from . import chat as chat_mod
-from . import registry
-from .config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
-from .errors import ConfigError, ContextWindowError, InputError, ResourceError, SessionError
+from . import templates as chat_mod
+from .. import registry
+from ..config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
+from ..errors import ConfigError, ContextWindowError, InputError, ResourceError, SessionError
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory
-from .model.loading import DEFAULT_MODEL, LoadedModel, ModelHandle
+from ..model.loading import DEFAULT_MODEL, LoadedModel, ModelHandle
 from .progress import progress_bar
 from .session import Session, check_compatible, check_dtype, check_restored, read_session, save_session
 from .strategy import Strategy
@@ -391,7 +391,7 @@ class Engine:
     def _sync(self, session: Session, ids: list[int], min_feed: int = 1) -> list[int]:
         """Bring the session's cache to hold ``ids`` feeding as little as possible; return the tokens to feed.
 
-        ``ids`` are what the cache should hold (the memory's :meth:`~longctx_llm.memory.MemoryState.token_view`:
+        ``ids`` are what the cache should hold (the memory's :meth:`~longctx_llm.runtime.memory.MemoryState.token_view`:
         slot placeholders, then tokens). A strategy that cannot rewind (an append-only streaming cache) gets a
         fresh state when the text diverges from what it holds, so the model never sees stale tokens.
         """

@@ -36,8 +36,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .chat import ROLE_ALIASES, ROLES
-from .errors import SessionError
+from .templates import ROLE_ALIASES, ROLES
+from ..errors import SessionError
 from .memory import SLOT, MemoryState, Message
 from .strategy import StrategyState
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .strategy import Strategy, KVCacheState
 
 

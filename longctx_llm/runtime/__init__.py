@@ -1,0 +1,61 @@
+"""The runtime: what turns a prompt into tokens under a strategy and a memory.
+
+- :mod:`.engine`: :class:`Engine`, the one object every face of the package (CLI, LangChain, LlamaIndex, the
+  server) drives; :mod:`.session` its sessions and their files;
+- :mod:`.generation`: the generation loop (sampling, stop strings, streaming deltas, :class:`Completion`);
+- :mod:`.strategy`: the strategy contract (:class:`Strategy`, :class:`StrategyState`, :class:`Capabilities`) and
+  :class:`KVCacheState`, the KV-cache state most strategies extend; :mod:`.compose` stacks two strategies;
+- :mod:`.memory`: the memory contract (:class:`Memory`, :class:`MemoryState`);
+- :mod:`.templates`: chat messages and the tokenizer's chat template;
+- :mod:`.restore`: checks every strategy's ``load_state_dict`` applies to an untrusted saved state;
+- :mod:`.aio`: running the engine's blocking calls from asyncio; :mod:`.progress`: progress bars.
+
+May import: torch, pydantic, :mod:`longctx_llm.errors`, :mod:`longctx_llm.config`, :mod:`longctx_llm.registry`,
+:mod:`longctx_llm.model` and :mod:`longctx_llm.kernels`. Never chat/, eval/, train/, the CLI or anything that is
+not the core: strategies and memories plug in by name through the registry, the engine never imports one.
+"""
+
+from . import aio, restore, session, templates
+from .compose import StackedStrategy
+from .engine import Engine, TextStream
+from .generation import Completion, Delta, generate, run_to_end
+from .memory import SLOT, Memory, MemoryOptions, MemoryState, Message
+from .progress import progress_bar
+from .session import Session
+from .strategy import (
+    Capabilities,
+    FastDecodeOptions,
+    KVCacheState,
+    Strategy,
+    StrategyOptions,
+    StrategyState,
+    fast_decode_defaults,
+)
+
+__all__ = [
+    "SLOT",
+    "Capabilities",
+    "Completion",
+    "Delta",
+    "Engine",
+    "FastDecodeOptions",
+    "KVCacheState",
+    "Memory",
+    "MemoryOptions",
+    "MemoryState",
+    "Message",
+    "Session",
+    "StackedStrategy",
+    "Strategy",
+    "StrategyOptions",
+    "StrategyState",
+    "TextStream",
+    "aio",
+    "fast_decode_defaults",
+    "generate",
+    "progress_bar",
+    "restore",
+    "run_to_end",
+    "session",
+    "templates",
+]
