@@ -1,4 +1,4 @@
-"""Tool specs, the fallback tool prompt, tool-call parsing and schema-guided JSON (longctx_llm.tools / .guided)."""
+"""Tool specs, the fallback tool prompt, tool-call parsing and schema-guided JSON (longctx_llm.chat.tools / .guided)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from longctx_llm import Engine, InputError
-from longctx_llm import guided, tools
+from longctx_llm.chat import guided, tools
 from longctx_llm.runtime.templates import render
 
 ADD = {

@@ -1,7 +1,7 @@
 """OpenAI requests -> the engine's arguments; the engine's replies -> OpenAI response objects.
 
 Everything model-side (tool prompt, tool-call parsing, forced calls, schema-guided JSON, token counts) is
-:mod:`longctx_llm.turns`, the code the LangChain chat model runs; this module only translates.
+:mod:`longctx_llm.chat.turns`, the code the LangChain chat model runs; this module only translates.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Optional
 
-from longctx_llm import guided, turns
+from longctx_llm.chat import guided, turns
 from longctx_llm.errors import InputError
 
 from .schemas import ChatCompletionRequest, CompletionRequest, _Request

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from longctx_llm import turns
+from longctx_llm.chat import turns
 from longctx_llm import Completion
 
 from . import convert

@@ -28,9 +28,10 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from longctx_llm import Engine, guided, turns
+from longctx_llm import Engine
+from longctx_llm.chat import guided, turns
 from longctx_llm.runtime import aio
-from longctx_llm import tools as tools_mod
+from longctx_llm.chat import tools as tools_mod
 from longctx_llm.errors import InputError
 from longctx_llm.model import DEFAULT_MODEL
 
@@ -238,7 +239,7 @@ class ChatLongctx(BaseChatModel):
         )
 
     def _events(self, messages: Sequence[BaseMessage], stop: Optional[list[str]], kwargs: dict) -> Iterator[Any]:
-        """Text deltas (str), then one reply (:mod:`longctx_llm.turns`, shared with the OpenAI server)."""
+        """Text deltas (str), then one reply (:mod:`longctx_llm.chat.turns`, shared with the OpenAI server)."""
         req = self._request(messages, stop, kwargs)
         yield from turns.events(self.engine, req, self.model)
 
@@ -312,7 +313,7 @@ class ChatLongctx(BaseChatModel):
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools (rendered through the chat template, or the documented fallback prompt of
-        :mod:`longctx_llm.tools`). ``tool_choice``: "auto" (default), "none", "any"/"required" or a tool name;
+        :mod:`longctx_llm.chat.tools`). ``tool_choice``: "auto" (default), "none", "any"/"required" or a tool name;
         a forced choice is decoded under the tool's argument schema, so the call is always well formed."""
         formatted = [convert_to_openai_tool(t) for t in tools]
         specs = tools_mod.normalize_tools(formatted)
@@ -337,7 +338,7 @@ class ChatLongctx(BaseChatModel):
         """Replies as instances of ``schema`` (pydantic class, TypedDict or JSON schema).
 
         ``json_schema`` / ``json_mode``: the reply text is decoded under the schema (see
-        :mod:`longctx_llm.guided`); ``function_calling``: a forced tool call with the schema as its arguments.
+        :mod:`longctx_llm.chat.guided`); ``function_calling``: a forced tool call with the schema as its arguments.
         A schema the decoder cannot produce raises :class:`~longctx_llm.errors.InputError` here, not later.
         """
         if kwargs:

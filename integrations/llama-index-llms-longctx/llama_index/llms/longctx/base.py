@@ -32,7 +32,7 @@ from llama_index.core.llms.llm import ToolSelection
 from pydantic import ValidationError
 
 from longctx_llm.runtime import aio
-from longctx_llm import guided, tools as tool_mod
+from longctx_llm.chat import guided, tools as tool_mod
 from longctx_llm.config import ModelConfig, format_validation_error
 from longctx_llm import Engine, TextStream
 from longctx_llm.errors import ConfigError, InputError, LongctxError

@@ -32,9 +32,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .config import GenerationConfig
-from .errors import InputError, LongctxError
-from .runtime.generation import generate, run_to_end
+from ..config import GenerationConfig
+from ..errors import InputError, LongctxError
+from ..runtime.generation import generate, run_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def guided_json(
 def decode_tool_call(engine, prompt: str, specs: Sequence[Any], params: Optional[GenerationConfig] = None):
     """Write one tool call after ``prompt``, which ends with an opened ``<tool_call>``.
 
-    The tool is the one greedy decoding picks among ``specs`` (:class:`longctx_llm.tools.ToolSpec`); its
+    The tool is the one greedy decoding picks among ``specs`` (:class:`longctx_llm.chat.tools.ToolSpec`); its
     arguments are decoded under the tool's schema, so the call always names a bound tool and validates. Used for
     a forced ``tool_choice`` and for a reply that opened a call by itself. Returns ``(call, wire_text)`` with
     ``call = {"id", "name", "arguments"}`` and the text of the call as the model would have written it.
