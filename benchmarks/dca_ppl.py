@@ -37,7 +37,7 @@ from _common import add_variant_args, header, out_dir, plot, print_table, varian
 
 from longctx_llm import Engine
 from longctx_llm import ModelHandle
-from longctx_llm.textdata import read_text
+from longctx_llm.eval import read_text
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pydocs_tutorial.txt"
 

@@ -1,7 +1,7 @@
 """Where a strategy's peak GPU memory goes: the CUDA allocator's history of one `longctx eval speed` measurement.
 
 Records the allocator's history (PyTorch's ``torch.cuda.memory._record_memory_history``) around
-``longctx_llm.evaluate.speed`` for one prompt length, replays the trace to find the moment of the peak, and prints
+``longctx_llm.eval.evaluate.speed`` for one prompt length, replays the trace to find the moment of the peak, and prints
 the tensors alive at that moment grouped by the line of this project's code that allocated them (and by the
 innermost frame), largest first. Memory allocated before the measurement (the weights) is one row.
 
@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _option_value, out_dir, print_table, random_compressor, write_json  # noqa: E402
 
-from longctx_llm import Engine, evaluate  # noqa: E402
+from longctx_llm import Engine  # noqa: E402
+from longctx_llm.eval import evaluate  # noqa: E402
 from longctx_llm import ModelHandle  # noqa: E402
 
 OURS = ("longctx_llm", "longctx_rcc", "longctx_dca", "longctx_ccm", "longctx_streaming")

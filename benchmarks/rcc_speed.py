@@ -2,7 +2,7 @@
 
 The embedded SmolLM2 (its shipped compressor) or a random-weight Llama-3-8B-shaped model (``--shape llama-8b``,
 ``--layers`` of its 32, pretraining length 128k, a random compressor: speed and memory do not depend on weights),
-through the same ``longctx_llm.evaluate.speed`` the ``longctx eval speed`` command uses. Lengths a strategy cannot
+through the same ``longctx_llm.eval.evaluate.speed`` the ``longctx eval speed`` command uses. Lengths a strategy cannot
 take are rows with the reason. Ratios to plain attention are printed per length.
 
     python benchmarks/rcc_speed.py --lengths 8192,32768,131072 --device cpu
@@ -29,7 +29,8 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from longctx_llm import Engine, evaluate  # noqa: E402
+from longctx_llm import Engine  # noqa: E402
+from longctx_llm.eval import evaluate  # noqa: E402
 from longctx_llm import ModelHandle  # noqa: E402
 
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 from . import registry
 from .errors import InputError, LongctxError
+from .eval.options import parse_ints, parse_lengths
+from .eval.textdata import split_text
 
 logger = logging.getLogger("longctx_llm")
 
@@ -144,20 +146,6 @@ def _cmd_schema(args) -> int:
     return 0
 
 
-def _parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
-    try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError as e:
-        raise LongctxError(f"{flag}: expected comma-separated integers, got {text!r}") from e
-    if not values or any(n < minimum for n in values):
-        raise LongctxError(f"{flag}: each value must be >= {minimum}, got {text!r}")
-    return values
-
-
-def _parse_lengths(text: str) -> list[int]:
-    return _parse_ints(text, "--lengths", minimum=2)
-
-
 def _eval_setup(args):
     """(engine, token ids of --text) for an eval command."""
     from .config import load_config
@@ -167,21 +155,11 @@ def _eval_setup(args):
     return engine, ids
 
 
-def split_text(path: str, split: str = "all") -> str:
-    """The text of ``path``: all of it, or the adapter trainers' held-out / train part (``--split``)."""
-    from .textdata import read_documents, read_text, split_documents
-
-    if split == "all":
-        return read_text(path)
-    train, held = split_documents(read_documents(path))
-    return "\n\n".join(held if split == "heldout" else train)
-
-
 def _print_rows(rows: list[dict], as_json: bool, title: Optional[str] = None) -> None:
     if as_json:
         print(json.dumps({"results": rows}))
         return
-    from .report import format_table
+    from .eval.report import format_table
 
     if title:
         print(title)
@@ -189,23 +167,16 @@ def _print_rows(rows: list[dict], as_json: bool, title: Optional[str] = None) ->
 
 
 def _cmd_eval_ppl(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
-    lengths = _parse_lengths(args.lengths)
+    lengths = parse_lengths(args.lengths)
     engine, ids = _eval_setup(args)
     _print_rows(evaluate.perplexity(engine, ids, lengths), args.json)
     return 0
 
 
-def segment_perplexity(nll, every: int) -> list[dict]:
-    """Kept for plugins that import it from here; see :func:`longctx_llm.evaluate.segment_perplexity`."""
-    from .evaluate import segment_perplexity as seg
-
-    return seg(nll, every)
-
-
 def _cmd_eval_stream(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
     if args.tokens < 2:
         raise LongctxError(f"--tokens: must be >= 2, got {args.tokens}")
@@ -217,11 +188,11 @@ def _cmd_eval_stream(args) -> int:
 
 
 def _cmd_eval_gap(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
-    contexts = _parse_ints(args.context, "--context")
+    contexts = parse_ints(args.context, "--context")
     engine, ids = _eval_setup(args)
-    multiples = _parse_ints(args.recent_multiples, "--recent-multiples")
+    multiples = parse_ints(args.recent_multiples, "--recent-multiples")
     rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed,
                         recent_multiples=multiples)
     _print_rows(rows, args.json)
@@ -229,7 +200,7 @@ def _cmd_eval_gap(args) -> int:
 
 
 def _cmd_eval_chat(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
     from .config import load_config
     from .runtime.engine import Engine
 
@@ -248,9 +219,9 @@ def _cmd_eval_chat(args) -> int:
 
 
 def _cmd_eval_recall(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
-    contexts = _parse_ints(args.context, "--context")
+    contexts = parse_ints(args.context, "--context")
     engine, ids = _eval_setup(args)
     rows = evaluate.recall(
         engine, ids, contexts, args.span, args.cue, args.samples, turn_tokens=args.turn_tokens, seed=args.seed
@@ -262,16 +233,16 @@ def _cmd_eval_recall(args) -> int:
 def _filler_ids(engine, filler: str) -> Optional[list[int]]:
     if filler == "classic":
         return None
-    from .textdata import read_text
+    from .eval.textdata import read_text
 
     return engine.tokenize(read_text(filler), add_special_tokens=False)
 
 
 def _cmd_eval_passkey(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
-    lengths = _parse_lengths(args.lengths)
-    depths = [d / 100 for d in _parse_ints(args.depths, "--depths", minimum=0)]
+    lengths = parse_lengths(args.lengths)
+    depths = [d / 100 for d in parse_ints(args.depths, "--depths", minimum=0)]
     if any(d > 1 for d in depths):
         raise LongctxError(f"--depths: percentages between 0 and 100, got {args.depths!r}")
     engine, _ = _eval_setup(args)
@@ -282,9 +253,9 @@ def _cmd_eval_passkey(args) -> int:
 
 
 def _cmd_eval_speed(args) -> int:
-    from . import evaluate
+    from .eval import evaluate
 
-    lengths = _parse_lengths(args.lengths)
+    lengths = parse_lengths(args.lengths)
     engine, ids = _eval_setup(args)
     if not ids:
         ids = list(range(1000, 1000 + 4096))  # no --text: a fixed token pattern (speed does not depend on content)
@@ -293,7 +264,7 @@ def _cmd_eval_speed(args) -> int:
 
 
 def _cmd_eval_compare(args) -> int:
-    from . import compare
+    from .eval import compare
 
     rows = compare.run(args)
     if args.json:
@@ -529,7 +500,7 @@ examples (pipelines in examples/pipelines/):
         help="several pipelines side by side: one table, CSV + JSON, PNG plots (the strategy chooser)",
         formatter_class=_HelpWithDefaults,
     )
-    from .compare import add_arguments as compare_arguments
+    from .eval.compare import add_arguments as compare_arguments
 
     compare_arguments(cp)
     cp.set_defaults(fn=_cmd_eval_compare)

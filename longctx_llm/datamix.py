@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .errors import InputError
-from .textdata import HOLDOUT_EVERY
+from .eval.textdata import HOLDOUT_EVERY
 
 #: what ``group_by`` may name: how a document's ``source`` field maps to its group
 GROUP_KEYS = ("package", "source")

@@ -30,7 +30,7 @@ import torch
 
 from .model import adapters as files
 from .errors import InputError
-from .textdata import HOLDOUT_EVERY
+from .eval.textdata import HOLDOUT_EVERY
 
 logger = logging.getLogger("longctx_llm.train")
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from longctx_llm import cli
-from longctx_llm.evaluate import spans
+from longctx_llm.eval.evaluate import spans
 
 TEXT = "tests/data/pydocs_tutorial.txt"
 
@@ -58,7 +58,7 @@ def test_gap_compares_a_pipeline_that_keeps_less_with_the_last_k_raw_tokens(pipe
 
     import torch
 
-    from longctx_llm import evaluate
+    from longctx_llm.eval import evaluate
     from longctx_llm.config import load_config
     from longctx_llm import Engine
 
@@ -155,7 +155,8 @@ def test_spans_are_deterministic_and_spread():
 def test_speed_sizes_a_preallocated_cache_as_generation_does(tiny_model, monkeypatch):
     """`eval speed` reserves prompt + decode tokens up front, as the generation loop does, so a preallocated cache
     is measured at the size a user's request gets (not grown in steps past it)."""
-    from longctx_llm import Engine, evaluate
+    from longctx_llm import Engine
+    from longctx_llm.eval import evaluate
     from longctx_llm.kernels import StaticCache
 
     engine = Engine(tiny_model("llama", max_positions=2048), strategy={"name": "full", "static_cache": True})
@@ -186,7 +187,7 @@ def test_chat_refuses_a_bad_chats_file(pipeline, capsys, tmp_path, content):
 
 
 def test_docs_markup_is_found_and_plain_replies_pass():
-    from longctx_llm.evaluate import default_chats, docs_markup
+    from longctx_llm.eval.evaluate import default_chats, docs_markup
 
     for text in ["Use the :meth:`get_job` method", ".. data:: name", "Call ``open()`` first", ">>> print(1)",
                  "=head1 NAME", "See C<perlfunc> for more", "Title\n=====\n", "NAME\n  ls - list"]:

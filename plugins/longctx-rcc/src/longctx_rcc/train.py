@@ -5,7 +5,7 @@ compressed context from a short cue; the paper's continuation pre-training):
 
 - **continuation**: ``windows`` windows of context are compressed; the decoder reads their slots and predicts the
   next ``--continuation`` tokens (loss on all of them);
-- **reconstruction**: the decoder reads the slots, then :data:`longctx_llm.evaluate.RECALL_INSTRUCTION`, then a
+- **reconstruction**: the decoder reads the slots, then :data:`longctx_llm.eval.evaluate.RECALL_INSTRUCTION`, then a
   ``--cue``-token cue taken from the context, and must reproduce the ``--span`` tokens that follow the cue in the
   context (loss on the span).
 
@@ -29,7 +29,7 @@ import torch
 from longctx_llm.model import hf_adapter
 from longctx_llm import training
 from longctx_llm.errors import InputError
-from longctx_llm.evaluate import RECALL_INSTRUCTION
+from longctx_llm.eval import RECALL_INSTRUCTION
 
 from .compressor import RCCCompressor
 

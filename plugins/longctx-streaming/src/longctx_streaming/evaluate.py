@@ -1,8 +1,8 @@
 """Long-input evaluation: stream a whole text through the engine and read per-segment perplexity.
 
 The Python face of ``longctx eval stream``: per-token negative log-likelihoods come from ``Engine.score`` (fed in
-pieces, so memory stays bounded by the strategy's cache), and the segmenting is the CLI's own function, so both
-report the same numbers.
+pieces, so memory stays bounded by the strategy's cache), and the segmenting is ``longctx eval stream``'s own
+function (:func:`longctx_llm.eval.segment_perplexity`), so both report the same numbers.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Sequence, Union
 
 import torch
 
-from longctx_llm.cli import segment_perplexity
 from longctx_llm.errors import InputError
+from longctx_llm.eval import segment_perplexity
 
 __all__ = ["segment_perplexity", "stream_nll"]
 

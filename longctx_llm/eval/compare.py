@@ -14,8 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, LongctxError
 from . import evaluate, report
-from .errors import InputError, LongctxError
+from .options import parse_ints, parse_lengths
+from .textdata import split_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> list[dict[str, Any]]:
-    from .cli import _parse_ints, _parse_lengths, split_text
-    from .config import load_config
-    from .runtime.engine import Engine
+    from ..config import load_config
+    from ..runtime.engine import Engine
 
     paths = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     if not paths:
@@ -57,9 +58,9 @@ def run(args) -> list[dict[str, Any]]:
     needs_text = {"ppl", "gap", "recall"} & set(suites)
     if needs_text and not args.text:
         raise InputError(f"--text: the suites {', '.join(sorted(needs_text))} need a text file")
-    lengths = _parse_lengths(args.lengths)
-    contexts = _parse_ints(args.context, "--context")
-    depths = [d / 100 for d in _parse_ints(args.depths, "--depths", minimum=0)]
+    lengths = parse_lengths(args.lengths)
+    contexts = parse_ints(args.context, "--context")
+    depths = [d / 100 for d in parse_ints(args.depths, "--depths", minimum=0)]
     configs = {Path(p).stem: load_config(p) for p in paths}  # every file checked before anything runs
     text = split_text(args.text, args.split) if args.text else None
     rows: list[dict[str, Any]] = []

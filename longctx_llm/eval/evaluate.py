@@ -34,8 +34,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .errors import InputError, LongctxError
-from .runtime.progress import progress_bar
+from ..errors import InputError, LongctxError
+from ..runtime.progress import progress_bar
 
 #: the words between a context and the cue of a recall sample (adapter trainers use the same words)
 RECALL_INSTRUCTION = "\n\nCopy the passage above, starting from these words:\n"
@@ -139,7 +139,7 @@ def uses_memory(engine) -> bool:
 @torch.inference_mode()
 def plain_logits(engine, ids: Sequence[int], chunk: int = 2048) -> torch.Tensor:
     """(T, V) logits of plain causal attention over ``ids`` (the model as trained; no strategy, no window check)."""
-    from .runtime.strategy import KVCacheState
+    from ..runtime.strategy import KVCacheState
 
     loaded = engine.loaded
     state = KVCacheState(loaded, 1, prefill_chunk_size=chunk)

@@ -6,7 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def read_text(path: str | Path, separator: str = "\n\n") -> str:
@@ -55,3 +55,11 @@ def split_documents(docs: list[str], every: int = HOLDOUT_EVERY) -> tuple[list[s
     train = [d for i, d in enumerate(docs) if i % every != every - 1]
     held = [d for i, d in enumerate(docs) if i % every == every - 1]
     return train, held
+
+
+def split_text(path: str, split: str = "all") -> str:
+    """The text of ``path``: all of it, or the adapter trainers' held-out / train part (``--split``)."""
+    if split == "all":
+        return read_text(path)
+    train, held = split_documents(read_documents(path))
+    return "\n\n".join(held if split == "heldout" else train)
