@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from longctx_llm import datamix, training
+from longctx_llm.train import datamix, training
 from longctx_llm.errors import InputError
 
 
@@ -83,7 +83,7 @@ def test_one_file_draws_exactly_as_a_plain_token_stream(tmp_path):
     a = _jsonl(tmp_path / "a.jsonl", [{"text": chr(65 + i % 26) * 50} for i in range(20)])
     train, held, info = training.load_corpus(str(a), CharTokenizer())
     assert "sources" not in info and info["documents"] == 20 and info["heldout_documents"] == 2
-    plain = training.TokenStream(train.parts[0].stream.ids)
+    plain = datamix.TokenStream(train.parts[0].stream.ids)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(train.sample(3, 10, g1), plain.sample(3, 10, g2))
 

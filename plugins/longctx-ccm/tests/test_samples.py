@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longctx_llm.training import TokenStream
+from longctx_llm.train import TokenStream
 from longctx_ccm.samples import SampleMaker
 
 

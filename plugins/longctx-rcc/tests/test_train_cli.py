@@ -53,7 +53,7 @@ def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, 
 
 def test_ctrl_c_keeps_the_last_step_and_the_same_command_resumes(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch,
                                                                   caplog):
-    from longctx_llm import training
+    from longctx_llm.train import training
 
     real = training.Progress.update
 
@@ -111,7 +111,7 @@ def test_bad_data_is_refused_before_the_model_loads(tmp_path, capsys):
 
 def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model_dir, tiny_corpus, tmp_path,
                                                                      monkeypatch):
-    from longctx_llm import training
+    from longctx_llm.train import training
 
     straight = tmp_path / "straight"
     assert cli.main(_args(tiny_model_dir, tiny_corpus, straight, 4) + ["--save-every", "100"]) == 0

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from longctx_llm import training
+from longctx_llm.train import training
 from longctx_llm.errors import InputError
 
 from .adapter import CCMAdapter

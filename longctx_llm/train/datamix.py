@@ -31,8 +31,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .errors import InputError
-from .eval.textdata import HOLDOUT_EVERY
+from ..errors import InputError
+from ..eval.textdata import HOLDOUT_EVERY
 
 #: what ``group_by`` may name: how a document's ``source`` field maps to its group
 GROUP_KEYS = ("package", "source")
@@ -67,7 +67,7 @@ class Part:
     """One group of one file: its token stream and its share of the samples."""
 
     name: str
-    stream: Any  # training.TokenStream
+    stream: Any  # TokenStream
     weight: float
 
 
@@ -215,7 +215,7 @@ def split_records(records: list[dict], every: int = HOLDOUT_EVERY) -> tuple[list
 
 def read_mix(specs: list[SourceSpec], every: int = HOLDOUT_EVERY) -> list[SourceDocs]:
     """Read and check every file of the mix (no model needed)."""
-    from .model import adapters as files
+    from ..model import adapters as files
 
     out = []
     for spec in specs:
@@ -237,6 +237,28 @@ def read_mix(specs: list[SourceSpec], every: int = HOLDOUT_EVERY) -> list[Source
     if len(set(labels)) != len(labels):
         raise InputError(f"--data: two files share the name {labels}; rename one")
     return out
+
+
+class TokenStream:
+    """Token ids of documents joined with a separator token; samples contiguous spans."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids  # (N,) long
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
+
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, length) spans at random offsets."""
+        if length >= len(self):
+            raise InputError(f"the training text has {len(self)} tokens, fewer than one sample of {length}")
+        starts = torch.randint(0, len(self) - length, (batch,), generator=generator)
+        return torch.stack([self.ids[s : s + length] for s in starts.tolist()])
+
+    def fixed(self, count: int, length: int, seed: int = 1234) -> torch.Tensor:
+        """``count`` spans at offsets fixed by ``seed`` (held-out evaluation: the same spans every time)."""
+        g = torch.Generator().manual_seed(seed)
+        return self.sample(count, length, g)
 
 
 @dataclass
@@ -285,8 +307,6 @@ def _streams(docs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
 
 def tokenize_mix(sources: list[SourceDocs], tokenizer, every: int = HOLDOUT_EVERY):
     """(train stream, held-out stream, held-out stream per file, card info) of a checked mix."""
-    from .training import TokenStream
-
     train_parts: list[Part] = []
     held_parts: list[Part] = []
     held_by: dict[str, MixedStream] = {}

@@ -1,8 +1,8 @@
 """What every adapter trainer shares (``longctx train ccm``, ``longctx train rcc``): data, checkpoints, progress.
 
 - :func:`read_data` reads and checks the ``--data`` files (one, several with weights, or a mix file:
-  :mod:`longctx_llm.datamix`) before any model loads; :func:`tokenize_data` makes the training and held-out streams
-  (every 10th document of each file held out, :data:`textdata.HOLDOUT_EVERY`); :class:`TokenStream` samples
+  :mod:`longctx_llm.train.datamix`) before any model loads; :func:`tokenize_data` makes the training and held-out streams
+  (every 10th document of each file held out, :data:`textdata.HOLDOUT_EVERY`); :class:`~.datamix.TokenStream` samples
   contiguous spans from one; :func:`step_random` fixes each step's draws, so a resumed run sees the same data.
 - :class:`Checkpoint` saves the trainable tensors, the optimizer's moments and the step in the adapter file format
   (shards of at most 16 MB), so an interrupted run resumes where it stopped (``--resume``, the default when the
@@ -28,33 +28,11 @@ from typing import Any, Optional
 
 import torch
 
-from .model import adapters as files
-from .errors import InputError
-from .eval.textdata import HOLDOUT_EVERY
+from ..model import adapters as files
+from ..errors import InputError
+from ..eval.textdata import HOLDOUT_EVERY
 
 logger = logging.getLogger("longctx_llm.train")
-
-
-class TokenStream:
-    """Token ids of documents joined with a separator token; samples contiguous spans."""
-
-    def __init__(self, ids: torch.Tensor):
-        self.ids = ids  # (N,) long
-
-    def __len__(self) -> int:
-        return int(self.ids.numel())
-
-    def sample(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch, length) spans at random offsets."""
-        if length >= len(self):
-            raise InputError(f"the training text has {len(self)} tokens, fewer than one sample of {length}")
-        starts = torch.randint(0, len(self) - length, (batch,), generator=generator)
-        return torch.stack([self.ids[s : s + length] for s in starts.tolist()])
-
-    def fixed(self, count: int, length: int, seed: int = 1234) -> torch.Tensor:
-        """``count`` spans at offsets fixed by ``seed`` (held-out evaluation: the same spans every time)."""
-        g = torch.Generator().manual_seed(seed)
-        return self.sample(count, length, g)
 
 
 @dataclass
@@ -131,7 +109,7 @@ def add_common_arguments(p) -> None:
     p.add_argument("--model-name", default=None, help="the base model's name recorded in the card (default: --model)")
     p.add_argument("--data", required=True, action="append",
                    help="training text: .txt or .jsonl[.gz] with a 'text' field; repeat for several files, or give one "
-                        "mix file (.yaml: files, weights, groups; see longctx_llm.datamix)")
+                        "mix file (.yaml: files, weights, groups; see longctx_llm.train.datamix)")
     p.add_argument("--data-weights", default=None,
                    help="sampling weights of the --data files, e.g. 0.3,0.7 (default: by their training tokens)")
     p.add_argument("--out", required=True, help="output directory (also holds the resumable checkpoint)")
