@@ -9,7 +9,8 @@ Quickstart::
 
 from ._version import __version__
 from .config import GenerationConfig, PipelineConfig, load_config
-from .runtime.engine import Engine, TextStream
+from .runtime.engine import Engine
+from .runtime.stream import TextStream
 from .errors import (
     AdapterError,
     ConfigError,

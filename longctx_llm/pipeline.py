@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Iterator, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import PipelineConfig, load_config, parse_config, validate_plugin_options
-from .runtime.engine import Engine, TextStream
+from .runtime.engine import Engine
+from .runtime.stream import TextStream
 
 
 class ComponentOptions(BaseModel):

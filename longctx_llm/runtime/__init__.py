@@ -17,7 +17,8 @@ not the core: strategies and memories plug in by name through the registry, the 
 
 from . import aio, restore, session, templates
 from .compose import StackedStrategy
-from .engine import Engine, TextStream
+from .engine import Engine
+from .stream import TextStream
 from .generation import Completion, Delta, generate, run_to_end
 from .memory import SLOT, Memory, MemoryOptions, MemoryState, Message
 from .progress import progress_bar
