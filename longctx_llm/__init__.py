@@ -27,7 +27,8 @@ from .runtime.generation import Completion
 from .runtime.memory import Memory, MemoryOptions, MemoryState
 from .model.loading import ModelHandle
 from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
-from .runtime.strategy import Capabilities, KVCacheState, Strategy, StrategyOptions, StrategyState
+from .runtime.kv_state import KVCacheState
+from .runtime.strategy import Capabilities, Strategy, StrategyOptions, StrategyState
 
 __all__ = [
     "__version__",

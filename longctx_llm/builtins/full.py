@@ -6,7 +6,9 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..runtime.strategy import Capabilities, FastDecodeOptions, KVCacheState, Strategy, fast_decode_defaults
+from ..runtime.fast_decode import FastDecodeOptions, fast_decode_defaults
+from ..runtime.kv_state import KVCacheState
+from ..runtime.strategy import Capabilities, Strategy
 
 
 class FullOptions(FastDecodeOptions):

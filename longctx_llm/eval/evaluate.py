@@ -139,7 +139,7 @@ def uses_memory(engine) -> bool:
 @torch.inference_mode()
 def plain_logits(engine, ids: Sequence[int], chunk: int = 2048) -> torch.Tensor:
     """(T, V) logits of plain causal attention over ``ids`` (the model as trained; no strategy, no window check)."""
-    from ..runtime.strategy import KVCacheState
+    from ..runtime.kv_state import KVCacheState
 
     loaded = engine.loaded
     state = KVCacheState(loaded, 1, prefill_chunk_size=chunk)

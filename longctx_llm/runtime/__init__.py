@@ -3,8 +3,10 @@
 - :mod:`.engine`: :class:`Engine`, the one object every face of the package (CLI, LangChain, LlamaIndex, the
   server) drives; :mod:`.session` its sessions and their files;
 - :mod:`.generation`: the generation loop (sampling, stop strings, streaming deltas, :class:`Completion`);
-- :mod:`.strategy`: the strategy contract (:class:`Strategy`, :class:`StrategyState`, :class:`Capabilities`) and
-  :class:`KVCacheState`, the KV-cache state most strategies extend; :mod:`.compose` stacks two strategies;
+- :mod:`.strategy`: the strategy contract (:class:`Strategy`, :class:`StrategyState`, :class:`Capabilities`);
+  :mod:`.kv_state`: :class:`KVCacheState`, the KV-cache state most strategies extend (its forward and seams), with
+  :mod:`.kv_edits` (rewind, the memories' editing seam, save/load) and :mod:`.fast_decode` (fixed decode steps
+  replayed from CUDA graphs); :mod:`.compose` stacks two strategies;
 - :mod:`.memory`: the memory contract (:class:`Memory`, :class:`MemoryState`);
 - :mod:`.templates`: chat messages and the tokenizer's chat template;
 - :mod:`.restore`: checks every strategy's ``load_state_dict`` applies to an untrusted saved state;
@@ -18,20 +20,14 @@ not the core: strategies and memories plug in by name through the registry, the 
 from . import aio, restore, session, templates
 from .compose import StackedStrategy
 from .engine import Engine
-from .stream import TextStream
+from .fast_decode import FastDecodeOptions, fast_decode_defaults
 from .generation import Completion, Delta, generate, run_to_end
+from .kv_state import KVCacheState
 from .memory import SLOT, Memory, MemoryOptions, MemoryState, Message
 from .progress import progress_bar
 from .session import Session
-from .strategy import (
-    Capabilities,
-    FastDecodeOptions,
-    KVCacheState,
-    Strategy,
-    StrategyOptions,
-    StrategyState,
-    fast_decode_defaults,
-)
+from .stream import TextStream
+from .strategy import Capabilities, Strategy, StrategyOptions, StrategyState
 
 __all__ = [
     "SLOT",

@@ -18,7 +18,8 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError
-from .strategy import Strategy, KVCacheState
+from .kv_state import KVCacheState
+from .strategy import Strategy
 
 
 class StackedStrategy(Strategy):

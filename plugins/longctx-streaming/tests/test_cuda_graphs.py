@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from longctx_llm.kernels import cuda_graphs
-from longctx_llm.runtime import strategy as strategy_mod
+from longctx_llm.runtime import KVCacheState, fast_decode
 from longctx_streaming import StreamingStrategy
 
 
@@ -34,8 +34,8 @@ class _EmulatedRunner(cuda_graphs.GraphRunner):
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(strategy_mod, "cuda_available", lambda device: True)
-    monkeypatch.setattr(strategy_mod, "GraphRunner", _EmulatedRunner)
+    monkeypatch.setattr(fast_decode, "cuda_available", lambda device: True)
+    monkeypatch.setattr(fast_decode, "GraphRunner", _EmulatedRunner)
 
 
 def _stream(model, ids, graphs: bool, piece: int, decode: int):
@@ -105,7 +105,7 @@ def test_sessions_in_threads_share_the_model_one_forward_at_a_time(tiny_model, e
     ids = [torch.randint(0, 49152, (1, 120), generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
     alone = [_stream(model, x, graphs=True, piece=8, decode=6)[0] for x in ids]
     active, overlaps = [0], [0]
-    forward = strategy_mod.KVCacheState._chunk_locked
+    forward = KVCacheState._chunk_locked
 
     def watched(self, *a, **kw):
         active[0] += 1
@@ -115,7 +115,7 @@ def test_sessions_in_threads_share_the_model_one_forward_at_a_time(tiny_model, e
         finally:
             active[0] -= 1
 
-    monkeypatch.setattr(strategy_mod.KVCacheState, "_chunk_locked", watched)
+    monkeypatch.setattr(KVCacheState, "_chunk_locked", watched)
     results = [None, None]
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _stream(model, ids[i], True, 8, 6)[0]))
                for i in range(2)]

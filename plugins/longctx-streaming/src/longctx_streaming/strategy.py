@@ -2,7 +2,7 @@
 
 The cache keeps the first ``sink_tokens`` tokens and the most recent ``window`` tokens (§3.2), and positions are
 assigned inside the cache, so the model never sees a distance longer than sink + window. Everything else is the
-core :class:`~longctx_llm.runtime.strategy.KVCacheState` loop; this module overrides three seams:
+core :class:`~longctx_llm.runtime.kv_state.KVCacheState` loop; this module overrides three seams:
 
 - ``make_cache``: :class:`~longctx_streaming.cache.SinkWindowCache` (sink + ring, preallocated, in place);
 - ``logical_positions``: the next cache slots (planning the eviction for the piece);
