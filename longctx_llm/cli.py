@@ -1,4 +1,5 @@
-"""The ``longctx`` command: run, chat, serve, plugins, validate, schema, eval (ppl, stream)."""
+"""The ``longctx`` command: run, chat, plugins, validate, schema, cache, train, eval; and the commands other
+distributions register under the entry-point group ``longctx_llm.commands`` (``serve``, from longctx-serve)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import registry
-from .errors import InputError, LongctxError
+from .errors import InputError, LongctxError, PluginError
 from .eval.options import parse_ints, parse_lengths
 from .eval.textdata import split_text
 
@@ -291,15 +292,12 @@ def _cmd_cache(args) -> int:
     return 0
 
 
-SERVE_INSTALL = "pip install -e integrations/longctx-serve"
-#: ``longctx serve``'s request limits: option dest -> (default, help); the defaults are those of
-#: ``longctx_serve.limits.RequestLimits`` (a test keeps the two equal; the core never imports the server)
-SERVE_LIMITS = {
-    "max_request_bytes": (32 * 1024 * 1024, "largest request body in bytes (a larger one gets 413)"),
-    "max_stop": (16, "most stop strings in one request"),
-    "max_stop_chars": (512, "longest stop string, in characters"),
-    "max_tools": (128, "most tools in one request"),
-    "max_tool_bytes": (64 * 1024, "largest tool definition, in bytes of JSON"),
+BUILTIN_COMMANDS = {"run", "chat", "plugins", "validate", "schema", "cache", "train", "eval"}
+#: commands that other distributions of this repository add (entry-point group ``longctx_llm.commands``): name ->
+#: (what ``longctx --help`` says, what it needs, how to install it), shown while that distribution is missing
+KNOWN_COMMANDS = {
+    "serve": ("OpenAI-compatible HTTP server for a pipeline", "the server package",
+              "pip install -e integrations/longctx-serve"),
 }
 
 
@@ -312,36 +310,45 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _serve_help() -> str:
-    """``longctx --help``'s line for serve: the install command only where the server package is missing."""
-    import importlib.util
+def _add_plugin_commands(sub, builtin: set[str]) -> None:
+    """A subcommand for each command another distribution registers (entry-point group ``longctx_llm.commands``):
+    an object with ``help``, ``add_arguments(parser)`` and ``run(args) -> int`` (optionally ``description``).
+    A known command that is not installed (:data:`KNOWN_COMMANDS`) still shows, with what installs it."""
+    registered = {p.name: p for p in registry.available("command")}
+    for name in sorted({*registered, *KNOWN_COMMANDS}):
+        if name in builtin:
+            logger.warning("command %r of %s is ignored: longctx has a command of that name", name,
+                           registered[name].distribution)
+            continue
+        cmd, problem = None, ""
+        if name in registered:
+            try:
+                cmd = registry.get("command", name)
+            except PluginError as e:  # broken, or claimed twice: an error when it runs, not the whole CLI's
+                problem = str(e)
+        if cmd is None:
+            _add_unusable(sub, name, problem)
+            continue
+        p = sub.add_parser(name, help=cmd.help, description=getattr(cmd, "description", None) or cmd.help,
+                           formatter_class=_HelpWithDefaults)
+        cmd.add_arguments(p)
+        p.set_defaults(fn=cmd.run)
 
-    try:
-        installed = importlib.util.find_spec("longctx_serve") is not None
-    except (ImportError, ValueError):  # a broken or half-removed install
-        installed = False
-    return "OpenAI-compatible HTTP server for a pipeline" + ("" if installed else f" (needs: {SERVE_INSTALL})")
 
+def _add_unusable(sub, name: str, problem: str) -> None:
+    """A command that cannot run here (not installed, or failed to load: ``problem``) still shows in ``longctx
+    --help``; running it, with whatever arguments, is one error that names the fix."""
+    what, needs, install = KNOWN_COMMANDS.get(name, (None, None, None))
+    p = sub.add_parser(name, help=f"{what} (needs: {install})" if install else f"(cannot run: {problem})",
+                       add_help=False)
 
-def _cmd_serve(args) -> int:
-    """``longctx serve``: the OpenAI-compatible server lives in its own distribution (FastAPI, uvicorn)."""
-    try:
-        from longctx_serve.cli import serve_pipeline
-    except ImportError as e:
-        missing = e.name or "longctx_serve"
-        raise LongctxError(
-            f"longctx serve needs the server package, which is not installed (missing module {missing!r}): "
-            f"{SERVE_INSTALL}"
-        ) from None
-    return serve_pipeline(
-        args.pipeline,
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        model_name=args.model_name,
-        max_sessions=args.max_sessions,
-        limits={name: getattr(args, name) for name in SERVE_LIMITS},
-    )
+    def run(args) -> int:
+        if install is None:
+            raise PluginError(problem)
+        raise LongctxError(f"longctx {name} needs {needs}, which is not installed"
+                           + (f" ({problem})" if problem else "") + f": {install}")
+
+    p.set_defaults(fn=run, any_arguments=True)  # its own arguments are unknown here: none is an error
 
 
 def _cmd_train(args) -> int:
@@ -391,23 +398,7 @@ examples (pipelines in examples/pipelines/):
     c.add_argument("pipeline")
     c.set_defaults(fn=_cmd_chat)
 
-    sv = sub.add_parser(
-        "serve",
-        help=_serve_help(),
-        description="Serve a pipeline over an OpenAI-compatible API: /v1/chat/completions (streaming, tools, "
-        "response_format), /v1/completions, /v1/models, /health. A session id (header X-Session-Id, else the "
-        "request's 'user') keeps a conversation's cache between requests.",
-        formatter_class=_HelpWithDefaults,
-    )
-    sv.add_argument("pipeline", help="YAML pipeline file")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="TCP port")
-    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $LONGCTX_API_KEY)")
-    sv.add_argument("--model-name", default=None, help="the model name clients send (default: the pipeline's model)")
-    sv.add_argument("--max-sessions", type=int, default=256, help="sessions kept (least recently used dropped)")
-    for name, (default, text) in SERVE_LIMITS.items():
-        sv.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=text)
-    sv.set_defaults(fn=_cmd_serve)
+    _add_plugin_commands(sub, BUILTIN_COMMANDS)  # serve, from the server's distribution
 
     pl = sub.add_parser("plugins", help="list installed strategies, memories and components (or describe one)")
     pl.add_argument("name", nargs="?", help="a plugin's name: print what it does and its options with defaults")
@@ -509,7 +500,9 @@ examples (pipelines in examples/pipelines/):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
         parser.error(f"--log-level: invalid level {args.log_level!r} (valid: DEBUG, INFO, WARNING, ERROR)")

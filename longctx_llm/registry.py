@@ -1,8 +1,10 @@
 """Plugin discovery through ``importlib.metadata`` entry points.
 
 Groups: ``longctx_llm.strategies``, ``longctx_llm.memories``, ``longctx_llm.components``, ``longctx_llm.trainers``
-(adapter training commands: ``longctx train NAME``). Built-ins register the
-same way (this package's own pyproject). Two distributions claiming one name is an error when that name is used,
+(adapter training commands: ``longctx train NAME``) and ``longctx_llm.commands`` (subcommands of ``longctx`` that
+other distributions add, e.g. ``longctx serve``: an object with ``help``, ``add_arguments(parser)`` and
+``run(args) -> int``; the core never imports their packages). Built-ins register the same way (this package's own
+pyproject). Two distributions claiming one name is an error when that name is used,
 and ``longctx plugins`` shows the conflict. Tests register fakes with :func:`register` / :func:`unregister`.
 """
 
@@ -23,6 +25,7 @@ GROUPS = {
     "memory": "longctx_llm.memories",
     "component": "longctx_llm.components",
     "trainer": "longctx_llm.trainers",
+    "command": "longctx_llm.commands",
 }
 
 

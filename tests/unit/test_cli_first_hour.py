@@ -37,10 +37,18 @@ def test_help_texts_about_serve(capsys, monkeypatch):
         cli.main(["--help"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("serve "))
     assert "OpenAI-compatible HTTP server" in line and "pip install" not in line  # installed with the project
-    import importlib.util
+    from longctx_llm import registry
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    assert "needs: pip install -e integrations/longctx-serve" in cli._serve_help()
+    installed = registry.available
+    monkeypatch.setattr(registry, "available", lambda kind: [] if kind == "command" else installed(kind))
+    with pytest.raises(SystemExit):  # no distribution registers `serve` (longctx_llm.commands)
+        cli.main(["--help"])
+    line = " ".join(capsys.readouterr().out.split())
+    assert "serve OpenAI-compatible HTTP server for a pipeline (needs: pip install -e integrations/longctx-serve)" \
+        in line
+    assert cli.main(["serve", "p.yaml", "--port", "1"]) == 2
+    assert capsys.readouterr().err == ("error: longctx serve needs the server package, which is not installed: "
+                                       "pip install -e integrations/longctx-serve\n")
     monkeypatch.undo()
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])

@@ -1,7 +1,8 @@
 """``longctx serve PIPELINE.yaml``: load the pipeline's engine, then serve it with uvicorn.
 
-The core CLI (``longctx_llm.cli``) parses the arguments and imports this module lazily, so the core never
-imports FastAPI or uvicorn; ``python -m longctx_serve ARGS`` is the same command.
+The core CLI (``longctx_llm.cli``) parses the arguments with :class:`~longctx_serve.command.ServeCommand`, which this
+distribution registers under the entry-point group ``longctx_llm.commands``, and it imports this module only when
+``serve`` runs; ``python -m longctx_serve ARGS`` is the same command.
 """
 
 from __future__ import annotations

@@ -97,10 +97,11 @@ def test_serve_options_set_the_limits_and_their_defaults_are_the_apps(tmp_path, 
     import uvicorn
 
     from longctx_llm import cli
+    from longctx_serve.command import SERVE_LIMITS
     from longctx_serve.limits import RequestLimits
 
-    assert {k: v[0] for k, v in cli.SERVE_LIMITS.items()} == {
-        k: v for k, v in vars(RequestLimits()).items() if k in cli.SERVE_LIMITS}
+    assert {k: v[0] for k, v in SERVE_LIMITS.items()} == {
+        k: v for k, v in vars(RequestLimits()).items() if k in SERVE_LIMITS}
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
     pipeline = tmp_path / "p.yaml"
