@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..runtime.memory import Memory, MemoryOptions, MemoryState, Message
+from ..runtime import Memory, MemoryOptions, MemoryState, Message
 
 
 class BufferOptions(MemoryOptions):

@@ -6,9 +6,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..runtime.fast_decode import FastDecodeOptions, fast_decode_defaults
-from ..runtime.kv_state import KVCacheState
-from ..runtime.strategy import Capabilities, Strategy
+from ..runtime import Capabilities, FastDecodeOptions, KVCacheState, Strategy, fast_decode_defaults
 
 
 class FullOptions(FastDecodeOptions):
