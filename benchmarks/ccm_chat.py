@@ -33,10 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import out_dir, print_table, write_json  # noqa: E402
 
-from longctx_llm import Engine  # noqa: E402
-from longctx_llm.eval import split_text  # noqa: E402
+from longctx_llm import Engine, ModelHandle  # noqa: E402
 from longctx_llm.errors import LongctxError  # noqa: E402
-from longctx_llm import ModelHandle  # noqa: E402
+from longctx_llm.eval import split_text  # noqa: E402
 
 WORDS = ["amber", "falcon", "harbor", "cobalt", "meadow", "lantern", "quartz", "willow", "saffron", "glacier",
          "orchid", "tundra", "velvet", "cinder", "marble", "juniper", "pepper", "summit", "thistle", "canyon"]

@@ -21,8 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import out_dir, print_table, write_json  # noqa: E402
 
-from longctx_llm import Engine  # noqa: E402
-from longctx_llm import ModelHandle  # noqa: E402
+from longctx_llm import Engine, ModelHandle  # noqa: E402
 
 PROMPT = ("Here is a long, detailed story about a dragon who lived in the mountains above a small village, "
           "told from the beginning:\n\nOnce upon a time")

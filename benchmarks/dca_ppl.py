@@ -35,8 +35,7 @@ from pathlib import Path
 import torch
 from _common import add_variant_args, header, out_dir, plot, print_table, variant_specs, write_json
 
-from longctx_llm import Engine
-from longctx_llm import ModelHandle
+from longctx_llm import Engine, ModelHandle
 from longctx_llm.eval import read_text
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pydocs_tutorial.txt"

@@ -22,8 +22,7 @@ from _common import (
     add_model_shape_args, copy_bandwidth, header, out_dir, plot, print_table, random_llama, sync, write_json,
 )
 
-from longctx_llm import registry
-from longctx_llm import ModelHandle
+from longctx_llm import ModelHandle, registry
 
 
 def strategies(max_length: int):

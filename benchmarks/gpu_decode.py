@@ -32,8 +32,8 @@ from _common import (
     add_model_shape_args, copy_bandwidth, header, load_tokenizer, out_dir, print_table, random_llama, sync, write_json,
 )
 
-from longctx_llm.model import hf_adapter
 from longctx_llm import registry
+from longctx_llm.model import hf_adapter
 
 
 def bytes_per_token(lm, args, context: int) -> int:

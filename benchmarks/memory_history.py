@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _option_value, out_dir, print_table, random_compressor, write_json  # noqa: E402
 
-from longctx_llm import Engine  # noqa: E402
+from longctx_llm import Engine, ModelHandle  # noqa: E402
 from longctx_llm.eval import evaluate  # noqa: E402
-from longctx_llm import ModelHandle  # noqa: E402
 
 OURS = ("longctx_llm", "longctx_rcc", "longctx_dca", "longctx_ccm", "longctx_streaming")
 

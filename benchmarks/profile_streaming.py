@@ -12,8 +12,7 @@ import time
 import torch
 from _common import out_dir, write_json
 
-from longctx_llm import registry
-from longctx_llm import ModelHandle
+from longctx_llm import ModelHandle, registry
 
 
 def main(argv=None) -> int:

@@ -29,9 +29,8 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from longctx_llm import Engine  # noqa: E402
+from longctx_llm import Engine, ModelHandle  # noqa: E402
 from longctx_llm.eval import evaluate  # noqa: E402
-from longctx_llm import ModelHandle  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -15,10 +15,8 @@ import time
 
 from _common import header, out_dir, plot, print_table, write_json
 
-from longctx_llm import Engine
-from longctx_llm.eval import segment_perplexity
-from longctx_llm import ModelHandle
-from longctx_llm.eval import read_text
+from longctx_llm import Engine, ModelHandle
+from longctx_llm.eval import read_text, segment_perplexity
 
 VARIANTS = {
     "ring 4092": {"name": "streaming", "sink_tokens": 4, "window": 4092},

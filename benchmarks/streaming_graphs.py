@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from _common import header, out_dir, print_table, write_json
 
-from longctx_llm import Engine
-from longctx_llm import ModelHandle
+from longctx_llm import Engine, ModelHandle
 from longctx_llm.eval import read_text
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pydocs_tutorial.txt"

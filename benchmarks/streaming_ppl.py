@@ -24,10 +24,8 @@ from pathlib import Path
 
 from _common import header, out_dir, plot, print_table, write_json
 
-from longctx_llm import Engine
-from longctx_llm.eval import segment_perplexity
-from longctx_llm import ModelHandle
-from longctx_llm.eval import read_text
+from longctx_llm import Engine, ModelHandle
+from longctx_llm.eval import read_text, segment_perplexity
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pydocs_tutorial.txt"
 logger = logging.getLogger("streaming_ppl")

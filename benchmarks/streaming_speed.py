@@ -26,9 +26,9 @@ import time
 import torch
 from _common import add_model_shape_args, header, out_dir, plot, print_table, random_llama, write_json
 
+from longctx_llm import ModelHandle
 from longctx_llm.builtins.full import FullStrategy
 from longctx_llm.kernels import GraphRunner
-from longctx_llm import ModelHandle
 from longctx_streaming import StreamingStrategy
 
 logger = logging.getLogger("streaming_speed")

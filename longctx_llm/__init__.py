@@ -23,11 +23,11 @@ from .errors import (
     SessionError,
     UnsupportedModelError,
 )
-from .runtime.generation import Completion
-from .runtime.memory import Memory, MemoryOptions, MemoryState
 from .model.loading import ModelHandle
 from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
+from .runtime.generation import Completion
 from .runtime.kv_state import KVCacheState
+from .runtime.memory import Memory, MemoryOptions, MemoryState
 from .runtime.strategy import Capabilities, Strategy, StrategyOptions, StrategyState
 
 __all__ = [

@@ -128,8 +128,8 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .config import load_config
-    from .runtime.engine import Engine
     from .model.loading import resolve_source
+    from .runtime.engine import Engine
 
     cfg = load_config(args.pipeline)
     resolve_source(cfg.model.source)  # the model must exist where the file says (alias installed, path present)
@@ -201,8 +201,8 @@ def _cmd_eval_gap(args) -> int:
 
 
 def _cmd_eval_chat(args) -> int:
-    from .eval import evaluate
     from .config import load_config
+    from .eval import evaluate
     from .runtime.engine import Engine
 
     chats = evaluate.read_chats(args.chats)

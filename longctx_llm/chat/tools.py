@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from ..runtime.templates import template_supports_tools
 from ..errors import InputError
+from ..runtime.templates import template_supports_tools
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from . import guided
-from . import tools as tools_mod
-from ..runtime.templates import normalize_messages, render
 from ..config import GenerationConfig
 from ..errors import InputError
+from ..runtime.templates import normalize_messages, render
+from . import guided
+from . import tools as tools_mod
 
 #: ``response_format: {"type": "json_object"}``: schema-less JSON cannot be guaranteed from a small local model,
 #: so the reply is decoded under this schema (always a parseable object; give a json_schema for your own keys)

@@ -23,8 +23,8 @@ from typing import Optional
 
 import torch
 
-from . import hf_adapter
 from ..errors import ConfigError, ModelLoadError
+from . import hf_adapter
 
 logger = logging.getLogger(__name__)
 

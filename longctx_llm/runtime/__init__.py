@@ -26,8 +26,8 @@ from .kv_state import KVCacheState
 from .memory import SLOT, Memory, MemoryOptions, MemoryState, Message
 from .progress import progress_bar
 from .session import Session
-from .stream import TextStream
 from .strategy import Capabilities, Strategy, StrategyOptions, StrategyState
+from .stream import TextStream
 
 __all__ = [
     "SLOT",

@@ -16,7 +16,8 @@ from typing import ClassVar, Optional
 import torch
 from pydantic import Field
 
-from ..kernels.cuda_graphs import GraphRunner, available as cuda_available
+from ..kernels.cuda_graphs import GraphRunner
+from ..kernels.cuda_graphs import available as cuda_available
 from ..kernels.kv_cache import StaticCache
 from ..model import hf_adapter
 from .strategy import StrategyOptions

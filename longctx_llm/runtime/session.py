@@ -36,10 +36,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .templates import ROLE_ALIASES, ROLES
 from ..errors import SessionError
 from .memory import SLOT, MemoryState, Message
 from .strategy import StrategyState
+from .templates import ROLE_ALIASES, ROLES
 
 #: the version written; versions read are READ_VERSIONS (1: fixed tensor file names, no checksums)
 FORMAT_VERSION = 2

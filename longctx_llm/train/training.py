@@ -28,9 +28,9 @@ from typing import Any, Optional
 
 import torch
 
-from ..model import adapters as files
 from ..errors import InputError
 from ..eval.textdata import HOLDOUT_EVERY
+from ..model import adapters as files
 
 logger = logging.getLogger("longctx_llm.train")
 

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from longctx_llm.train import datamix, training
 from longctx_llm.errors import InputError
+from longctx_llm.train import datamix, training
 
 
 class CharTokenizer:

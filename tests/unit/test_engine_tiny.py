@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from longctx_llm import ContextWindowError, Engine, InputError, SessionError
-from longctx_llm.runtime import run_to_end, generate
 from longctx_llm.config import GenerationConfig
+from longctx_llm.runtime import generate, run_to_end
 
 #: architectures the root conftest's ``tiny_model`` builds (not imported: plugin test dirs have their own conftest)
 TINY_ARCHS = ("llama", "qwen2", "gpt_neox")

@@ -58,9 +58,9 @@ def test_gap_compares_a_pipeline_that_keeps_less_with_the_last_k_raw_tokens(pipe
 
     import torch
 
-    from longctx_llm.eval import evaluate
-    from longctx_llm.config import load_config
     from longctx_llm import Engine
+    from longctx_llm.config import load_config
+    from longctx_llm.eval import evaluate
 
     engine = Engine.from_config(load_config(pipeline(strategy="{name: streaming, sink_tokens: 0, window: 32}")))
     ids = engine.tokenize(open(TEXT).read(), add_special_tokens=False)

@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from longctx_llm.model import hf_adapter
 from longctx_llm.kernels import FusedRMSNorm
+from longctx_llm.model import hf_adapter
 
 
 def _norm_classes():

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from longctx_llm import ConfigError, Engine, InputError, SessionError
-from longctx_llm import ModelHandle
+from longctx_llm import ConfigError, Engine, InputError, ModelHandle, SessionError
 
 
 def test_a_model_folders_own_code_never_runs(tiny_model_dir, tmp_path):
@@ -135,8 +134,7 @@ def test_extend_returns_logits_for_every_token_given(tiny_model):
 def test_out_of_memory_is_reported_and_the_engine_serves_the_next_request(tiny_model, monkeypatch):
     import torch
 
-    from longctx_llm import ResourceError
-    from longctx_llm import KVCacheState
+    from longctx_llm import KVCacheState, ResourceError
 
     e = Engine(tiny_model("llama"), generation={"max_new_tokens": 4})
     e.chat("A first turn.", session_id="s")

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from longctx_llm import Engine
-from longctx_llm.runtime import session as session_mod
 from longctx_llm.errors import SessionError
+from longctx_llm.runtime import session as session_mod
 from longctx_llm.runtime.session import (
     FORMAT_MARKER,
     Session,

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from longctx_llm import registry
-from longctx_llm.kernels.decode_attention import attend_reference, rotated_versions
 from longctx_llm.kernels import StaticCache
+from longctx_llm.kernels.decode_attention import attend_reference, rotated_versions
 
 TOL = 2e-5  # float32 on CPU: the fixed step's einsum softmax against SDPA / DCA's merged partial attentions
 

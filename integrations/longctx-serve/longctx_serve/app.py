@@ -30,11 +30,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from longctx_llm.runtime import aio
+from longctx_llm import Engine, __version__
 from longctx_llm.chat import turns
-from longctx_llm._version import __version__
 from longctx_llm.config import format_validation_error
-from longctx_llm import Engine
+from longctx_llm.runtime import aio
 
 from . import convert, sse
 from .errors import APIError, to_api_error

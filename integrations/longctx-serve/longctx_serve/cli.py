@@ -37,8 +37,8 @@ def serve_pipeline(
     """
     import uvicorn
 
-    from longctx_llm.config import load_config
     from longctx_llm import Engine
+    from longctx_llm.config import load_config
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: {port} is not a TCP port (valid: 0-65535)")

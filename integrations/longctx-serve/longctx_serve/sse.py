@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from longctx_llm.chat import turns
 from longctx_llm import Completion
+from longctx_llm.chat import turns
 
 from . import convert
 from .errors import to_api_error

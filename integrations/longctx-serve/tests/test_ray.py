@@ -49,8 +49,8 @@ def test_sessions_stay_on_one_replica_and_replies_match_one_process(tiny_model_d
     from openai import OpenAI
     from ray import serve
 
-    from longctx_llm.config import parse_config
     from longctx_llm import Engine
+    from longctx_llm.config import parse_config
 
     pipeline = _pipeline(tiny_model_dir)
     with LiveServer(create_app(Engine.from_config(parse_config(pipeline)), model_name=MODEL)) as live:

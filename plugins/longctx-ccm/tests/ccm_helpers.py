@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from longctx_llm.runtime import SLOT
 from longctx_llm import KVCacheState
+from longctx_llm.runtime import SLOT
 from longctx_ccm.adapter import CCMAdapter
 from longctx_ccm.memory import CCMState
 from longctx_ccm.options import CCMOptions

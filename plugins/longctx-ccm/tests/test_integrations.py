@@ -2,8 +2,7 @@
 
 import pytest
 
-from longctx_llm import Engine, load_pipeline
-from longctx_llm import ModelHandle
+from longctx_llm import Engine, ModelHandle, load_pipeline
 
 from ccm_helpers import save_random_adapter
 

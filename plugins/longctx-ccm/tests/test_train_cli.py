@@ -7,8 +7,7 @@ import json
 import pytest
 from longctx_ccm.adapter import CCMAdapter
 
-from longctx_llm import cli
-from longctx_llm import ModelHandle
+from longctx_llm import ModelHandle, cli
 
 
 def _args(model_dir, data, out, steps):

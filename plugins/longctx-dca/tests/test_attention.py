@@ -200,8 +200,8 @@ def test_pick_backend():
 def test_fused_decode_equals_chunked_for_one_query(temp):
     """The fixed decode step (one pass, three query versions chosen per key) equals the chunked three-part path for
     a single query at every kind of position: first chunk, the w rows after a boundary, the rest of a chunk."""
-    from longctx_llm.model import Rotary
     from longctx_llm.kernels import DecodeView
+    from longctx_llm.model import Rotary
     from longctx_dca.attention import dca_chunked, dca_decode
 
     torch.manual_seed(0)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from longctx_dca.strategy import DCAStrategy
-from longctx_llm import load_pipeline, registry
-from longctx_llm import Engine
+from longctx_llm import Engine, load_pipeline, registry
 from longctx_llm.errors import ConfigError
 
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from longctx_llm.model import hf_adapter
-from longctx_llm.model import LoRA
+from longctx_llm.model import LoRA, hf_adapter
 from longctx_rcc.compressor import RCCCompressor
 from longctx_rcc.train import encode_context
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 from longctx_rcc.compressor import RCCCompressor
 
-from longctx_llm import cli
-from longctx_llm import ModelHandle
+from longctx_llm import ModelHandle, cli
 
 
 def _args(model_dir, data, out, steps):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from helpers import dense_reference_logits
-from longctx_llm import Engine
-from longctx_llm import KVCacheState
+from longctx_llm import Engine, KVCacheState
 from longctx_streaming import StreamingStrategy
 
 ARCHS = ("llama", "qwen2", "gpt_neox")

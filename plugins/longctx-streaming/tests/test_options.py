@@ -2,8 +2,7 @@
 
 import pytest
 
-from longctx_llm import registry
-from longctx_llm import Engine
+from longctx_llm import Engine, registry
 from longctx_llm.errors import ConfigError, InputError, LongctxError, UnsupportedModelError
 from longctx_streaming import StreamingStrategy
 

@@ -30,10 +30,10 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from longctx_llm import Engine
 from longctx_llm.chat import guided, turns
-from longctx_llm.runtime import aio
 from longctx_llm.chat import tools as tools_mod
 from longctx_llm.errors import InputError
 from longctx_llm.model import DEFAULT_MODEL
+from longctx_llm.runtime import aio
 
 from ..messages import to_core_messages
 

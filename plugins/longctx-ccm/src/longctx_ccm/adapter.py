@@ -23,10 +23,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from longctx_llm.model import adapters as files
-from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
-from longctx_llm.model import LoRA
+from longctx_llm.model import LoRA, hf_adapter
+from longctx_llm.model import adapters as files
 
 KIND = "ccm"
 

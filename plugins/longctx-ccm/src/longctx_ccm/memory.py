@@ -28,9 +28,9 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm.runtime import templates as chat_mod
 from longctx_llm.errors import AdapterError, ConfigError, LongctxError, SessionError, UnsupportedModelError
 from longctx_llm.runtime import SLOT, Memory, MemoryState, Message
+from longctx_llm.runtime import templates as chat_mod
 
 from .adapter import CCMAdapter, find_shipped
 from .options import CCMOptions

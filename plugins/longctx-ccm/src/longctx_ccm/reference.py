@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm.model import adapters as files
-from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
+from longctx_llm.model import hf_adapter
+from longctx_llm.model import adapters as files
 
 from .adapter import CCMAdapter
 

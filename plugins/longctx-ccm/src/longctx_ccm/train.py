@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from longctx_llm.train import training
 from longctx_llm.errors import InputError
+from longctx_llm.train import training
 
 from .adapter import CCMAdapter
 from .parallel import Layout, parallel_hidden, segment_nll

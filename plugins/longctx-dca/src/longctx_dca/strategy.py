@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from pydantic import ValidationError
 
-from longctx_llm.model import hf_adapter
 from longctx_llm.config import format_validation_error
 from longctx_llm.errors import ConfigError
+from longctx_llm.model import hf_adapter
 from longctx_llm.runtime import Capabilities, KVCacheState, Strategy, fast_decode_defaults
 
 from .attention import Geometry, dca_attention, dca_decode

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm.model import hf_adapter
 from longctx_llm.errors import AdapterError
+from longctx_llm.model import hf_adapter
 
 from .compressor import RCCCompressor
 

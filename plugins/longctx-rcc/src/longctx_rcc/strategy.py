@@ -20,11 +20,17 @@ from typing import Any, Optional
 
 import torch
 
-from longctx_llm.model import hf_adapter
-from longctx_llm.runtime import restore
 from longctx_llm.errors import AdapterError, ConfigError, InputError, LongctxError, SessionError, UnsupportedModelError
-from longctx_llm.runtime import progress_bar
-from longctx_llm.runtime import Capabilities, KVCacheState, Strategy, StrategyState, fast_decode_defaults
+from longctx_llm.model import hf_adapter
+from longctx_llm.runtime import (
+    Capabilities,
+    KVCacheState,
+    Strategy,
+    StrategyState,
+    fast_decode_defaults,
+    progress_bar,
+    restore,
+)
 
 from .compressor import RCCCompressor, find_shipped
 from .options import RCCOptions

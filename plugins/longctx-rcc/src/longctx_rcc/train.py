@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from longctx_llm.model import hf_adapter
-from longctx_llm.train import training
 from longctx_llm.errors import InputError
 from longctx_llm.eval import RECALL_INSTRUCTION
+from longctx_llm.model import hf_adapter
+from longctx_llm.train import training
 
 from .compressor import RCCCompressor
 

@@ -19,15 +19,15 @@ from typing import Any, Optional
 
 import torch
 
+from longctx_llm import Capabilities, KVCacheState, Strategy
+from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionError
 from longctx_llm.model import hf_adapter
 from longctx_llm.runtime import restore
-from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionError
-from longctx_llm import Capabilities, KVCacheState, Strategy
 
 from .attention import ring_attention
 from .cache import SinkWindowCache
-from .shift import ShiftingSinkCache
 from .options import StreamingOptions
+from .shift import ShiftingSinkCache
 
 logger = logging.getLogger(__name__)
 

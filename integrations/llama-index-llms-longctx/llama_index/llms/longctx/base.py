@@ -31,13 +31,13 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import ValidationError
 
-from longctx_llm.runtime import aio
-from longctx_llm.chat import guided, tools as tool_mod
+from longctx_llm import Completion, Engine, TextStream
+from longctx_llm.chat import guided
+from longctx_llm.chat import tools as tool_mod
 from longctx_llm.config import ModelConfig, format_validation_error
-from longctx_llm import Engine, TextStream
 from longctx_llm.errors import ConfigError, InputError, LongctxError
-from longctx_llm import Completion
 from longctx_llm.model import DEFAULT_MODEL
+from longctx_llm.runtime import aio
 
 from .messages import assistant_message, session_of, to_engine_messages
 

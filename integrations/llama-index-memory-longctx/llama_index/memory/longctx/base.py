@@ -23,8 +23,8 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.types import BaseMemory
 from pydantic import ValidationError
 
-from longctx_llm.config import format_validation_error
 from longctx_llm import Engine
+from longctx_llm.config import format_validation_error
 from longctx_llm.errors import ConfigError, InputError
 from llama_index.llms.longctx import SESSION_KEY
 
