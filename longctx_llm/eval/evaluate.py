@@ -1,7 +1,7 @@
 """Measurements behind ``longctx eval``: which strategy or memory to pick, on your model and your text.
 
-Every function takes an :class:`~longctx_llm.runtime.engine.Engine` built from a pipeline and returns rows (dicts) that the
-CLI prints as a table or as ``{"results": [...]}``:
+Every function takes an :class:`~longctx_llm.runtime.engine.Engine` built from a pipeline and returns rows (dicts)
+that the CLI prints as a table or as ``{"results": [...]}``:
 
 - :func:`perplexity`, :func:`stream`: perplexity of a text under the pipeline's strategy, with tokens/s and peak
   memory;

@@ -358,7 +358,8 @@ def cache_length(cache) -> int:
 
 
 def _preallocated(cache) -> bool:
-    """Whether ``cache`` is the core's :class:`~longctx_llm.kernels.kv_cache.StaticCache` (its own methods do the work)."""
+    """Whether ``cache`` is the core's :class:`~longctx_llm.kernels.kv_cache.StaticCache` (its own methods do the
+    work)."""
     from ..kernels.kv_cache import StaticCache
 
     return isinstance(cache, StaticCache)

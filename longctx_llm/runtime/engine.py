@@ -136,15 +136,15 @@ class Engine(Completions, Conversations, SessionStore):
         return self.strategy.attention_span(self.loaded.info)
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(templates.check_text(text, "text"), add_special_tokens=add_special_tokens)["input_ids"])
+        text = templates.check_text(text, "text")
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text, add_special_tokens=False))
 
     def render_chat(self, messages: Sequence[Any], *, tools=None, add_generation_prompt: bool = True) -> str:
-        return templates.render(
-            self.tokenizer, templates.normalize_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt
-        )
+        msgs = templates.normalize_messages(messages)
+        return templates.render(self.tokenizer, msgs, tools=tools, add_generation_prompt=add_generation_prompt)
 
     # ---- parameters and checks ------------------------------------------------------------------------------
     def params(self, **overrides: Any) -> GenerationConfig:

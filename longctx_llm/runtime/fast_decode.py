@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 class FastDecodeOptions(StrategyOptions):
-    """Options of strategies with a growing cache that decode through :class:`~longctx_llm.kernels.kv_cache.StaticCache`."""
+    """Options of strategies with a growing cache that decode through a
+    :class:`~longctx_llm.kernels.kv_cache.StaticCache`."""
 
     speed_only: ClassVar[frozenset[str]] = frozenset({"static_cache", "cuda_graphs", "compile", "lookahead"})
 
@@ -91,7 +92,8 @@ class FastDecode:
 
         Only for forwards that are the same GPU program every time (same shapes; every tensor read or written at a
         fixed address; no Python decision inside the forward that changes between calls): see
-        :mod:`longctx_llm.kernels.cuda_graphs`. Default: a fixed decode step of a static cache (see the class docstring).
+        :mod:`longctx_llm.kernels.cuda_graphs`. Default: a fixed decode step of a static cache (see
+        :class:`~.kv_state.KVCacheState`).
         """
         return ("decode", all_logits) if self._fixed else None
 

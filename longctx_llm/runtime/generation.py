@@ -267,8 +267,8 @@ def _step_ahead(state: StrategyState, next_tokens: torch.Tensor) -> tuple[list[i
     runs the next step. Every token is fed as it would be without this; if the reply then ends, the caller rewinds
     the one token fed ahead (a stream closed by its reader keeps it: the session's cache and token record still
     agree, and the next turn rewinds to what it needs). Used when ``state.lookahead`` is true: by default the CUDA
-    fast path of :class:`~longctx_llm.runtime.kv_state.KVCacheState` (a one-token rewind is a length change there) and RCC
-    over it.
+    fast path of :class:`~longctx_llm.runtime.kv_state.KVCacheState` (a one-token rewind is a length change there)
+    and RCC over it.
     """
     if next_tokens.is_cuda:
         host = torch.empty(next_tokens.shape, dtype=next_tokens.dtype, pin_memory=True)

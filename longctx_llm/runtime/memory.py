@@ -8,7 +8,8 @@ onto the session's cache (:meth:`MemoryState.token_view`), and tells it when a t
 A text memory returns (a window of) the history and leaves the tokens alone. A compressed memory (CCM) keeps past
 turns as key/value slots inside the session's cache: its ``token_view`` replaces the turns it compressed by one
 :data:`SLOT` placeholder per slot, so the engine's prefix matching feeds only what is new, and at the end of a turn
-it edits the cache through the strategy state's editing seam (:meth:`~longctx_llm.runtime.kv_edits.KVCacheEdits.compact_tail`).
+it edits the cache through the strategy state's editing seam
+(:meth:`~longctx_llm.runtime.kv_edits.KVCacheEdits.compact_tail`).
 Registered under the entry-point group ``longctx_llm.memories``.
 """
 

@@ -1,9 +1,9 @@
 """What every adapter trainer shares (``longctx train ccm``, ``longctx train rcc``): data, checkpoints, progress.
 
 - :func:`read_data` reads and checks the ``--data`` files (one, several with weights, or a mix file:
-  :mod:`longctx_llm.train.datamix`) before any model loads; :func:`tokenize_data` makes the training and held-out streams
-  (every 10th document of each file held out, :data:`textdata.HOLDOUT_EVERY`); :class:`~.datamix.TokenStream` samples
-  contiguous spans from one; :func:`step_random` fixes each step's draws, so a resumed run sees the same data.
+  :mod:`longctx_llm.train.datamix`) before any model loads; :func:`tokenize_data` makes the training and held-out
+  streams (every 10th document of each file held out, :data:`textdata.HOLDOUT_EVERY`); :class:`~.datamix.TokenStream`
+  samples contiguous spans from one; :func:`step_random` fixes each step's draws, so a resumed run sees the same data.
 - :class:`Checkpoint` saves the trainable tensors, the optimizer's moments and the step in the adapter file format
   (shards of at most 16 MB), so an interrupted run resumes where it stopped (``--resume``, the default when the
   output folder holds a checkpoint).

@@ -5,7 +5,8 @@ import sys
 
 CHECK = """
 import importlib.util, sys
-import longctx_llm, longctx_llm.cli, longctx_llm.runtime.engine, longctx_llm.pipeline, longctx_llm.chat.tools, longctx_llm.chat.guided
+import longctx_llm, longctx_llm.cli, longctx_llm.runtime.engine, longctx_llm.pipeline
+import longctx_llm.chat.tools, longctx_llm.chat.guided
 leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('langchain', 'langchain_core', 'llama_index'))
 print('leaked', leaked)
 print('plugins', importlib.util.find_spec('plugins'), 'integrations', importlib.util.find_spec('integrations'))

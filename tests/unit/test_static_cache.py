@@ -1,8 +1,8 @@
 """The preallocated cache and its fixed decode step equal the DynamicCache path (issue 15's exactness).
 
 On CPU the fixed step runs eagerly: the same cache writes, device-side valid lengths and attention kernels (the
-PyTorch reference of :mod:`longctx_llm.kernels.decode_attention`) that a CUDA graph replays on the GPU. The Triton kernel
-itself is checked against that reference under Triton's CPU interpreter when Triton is installed.
+PyTorch reference of :mod:`longctx_llm.kernels.decode_attention`) that a CUDA graph replays on the GPU. The Triton
+kernel itself is checked against that reference under Triton's CPU interpreter when Triton is installed.
 """
 
 from __future__ import annotations

@@ -390,8 +390,8 @@ def dca_decode(
     :class:`~longctx_llm.model.hf_adapter.Rotary`. Returns (B, H, 1, D).
 
     The query's three versions (intra as given, successive and inter re-rotated by :func:`query_deltas`, scaled by
-    the optional temperature) go to :func:`longctx_llm.kernels.decode_attention.attend` as a rotation, with the bounds of the
-    current chunk (intra keys from its start cs, successive keys from cs − s): each key is read once, scored by the
+    the optional temperature) go to :func:`longctx_llm.kernels.decode_attention.attend` as a rotation, with the bounds
+    of the current chunk (intra keys from its start cs, successive keys from cs − s): each key is read once, scored by the
     version its part uses, and one softmax over all of them is exactly the LSE merge of the three partial
     attentions. Everything is computed on the device from ``view``, so the step replays from a CUDA graph; what is
     the same for every layer (angles, bounds) is computed once per step and kept in ``step`` (a per-forward dict).
