@@ -319,7 +319,7 @@ def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
     model.eval()
     hf_adapter.use_longctx_attention(model)
     if next(model.parameters()).is_cuda:
-        hf_adapter.use_fused_norms(model)  # one kernel per norm at decode (longctx_llm/fused_norm.py)
+        hf_adapter.use_fused_norms(model)  # one kernel per norm at decode (longctx_llm/kernels/fused_norm.py)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     param = next(model.parameters())

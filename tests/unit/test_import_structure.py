@@ -142,6 +142,35 @@ def test_no_cycle_between_core_parts():
     assert not cycle, "import cycle between the core's parts: " + " -> ".join(cycle)
 
 
+#: what each part may import (the parts' docstrings and docs/ARCHITECTURE.md say the same); errors.py: every part
+ALLOWED = {
+    "cli": {"pipeline", "runtime", "eval", "model", "config", "registry"},
+    "pipeline": {"runtime", "config"},
+    "chat": {"runtime", "config"},
+    "eval": {"runtime", "config"},
+    "train": {"eval", "model"},
+    "builtins": {"runtime"},
+    "runtime": {"config", "registry", "model", "kernels"},
+    "config": {"registry", "model"},
+    "model": {"kernels"},
+    "kernels": set(),
+    "registry": set(),
+    "errors": set(),
+    "_version": set(),
+}
+
+
+def test_parts_import_only_the_parts_below_them():
+    found: dict[str, set[str]] = {}
+    for name, targets in core_graph().items():
+        if name != CORE:
+            found.setdefault(part_of(name), set()).update(part_of(t) for t in targets)
+    short = {p.split(".")[1]: {t.split(".")[1] for t in ts if t != p} - {"errors"} for p, ts in found.items()}
+    assert set(short) == set(ALLOWED), "a new part: say in ALLOWED (and its docstring) what it may import"
+    extra = {p: sorted(ts - ALLOWED[p]) for p, ts in short.items() if ts - ALLOWED[p]}
+    assert not extra, f"parts importing what they may not: {extra}"
+
+
 def test_the_core_never_imports_an_integration_or_a_plugin():
     upward = [f"{path.relative_to(ROOT)}:{line} imports {target}"
               for name, path in MODULES.items() for target, line in imports_of(name, path)
