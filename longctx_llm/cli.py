@@ -292,6 +292,7 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+#: the core's own subcommands (a registered command of one of these names is ignored, with a warning)
 BUILTIN_COMMANDS = {"run", "chat", "plugins", "validate", "schema", "cache", "train", "eval"}
 #: commands that other distributions of this repository add (entry-point group ``longctx_llm.commands``): name ->
 #: (what ``longctx --help`` says, what it needs, how to install it), shown while that distribution is missing
