@@ -136,14 +136,16 @@ def environment() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int, progress: Optional[float] = None) -> float:
-    """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` down to peak / 10.
+def cosine_lr(step: int, total: int, peak: float, warmup: int, progress: Optional[float] = None,
+              warm_from: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps from step ``warm_from`` (where the optimizer started fresh: 0, or the
+    step an ``--init`` run starts at), then a cosine from ``peak`` down to peak / 10.
 
     ``progress`` (0..1), when given, replaces ``step / total`` after the warm-up: a run with a time budget follows
     whichever of steps and time is further along.
     """
-    if step < warmup:
-        return peak * (step + 1) / warmup
+    if 0 <= step - warm_from < warmup:
+        return peak * (step - warm_from + 1) / warmup
     if progress is None:
         progress = (step - warmup) / max(1, total - warmup)
     progress = min(1.0, max(0.0, progress))
@@ -252,10 +254,11 @@ def stable_seed(*parts: Any) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
-def run_meta(args, tokens: int, wall: float) -> dict[str, Any]:
-    """What a checkpoint records about the run (simple argument values, tokens seen, wall time)."""
+def run_meta(args, tokens: int, wall: float, warm_from: int = 0) -> dict[str, Any]:
+    """What a checkpoint records about the run (simple argument values, tokens seen, wall time, where the
+    optimizer's warm-up started)."""
     simple = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    return {"tokens": tokens, "wall_time_s": round(wall, 1), "args": simple}
+    return {"tokens": tokens, "wall_time_s": round(wall, 1), "args": simple, "warm_from": warm_from}
 
 
 def command_line(trainer: str, args) -> str:

@@ -147,3 +147,11 @@ def test_each_step_draws_the_same_data_whenever_the_run_started():
     assert r1.random() == r2.random() and torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
     _, g3 = training.step_random(0, 18)
     assert not torch.equal(torch.rand(3, generator=training.step_random(0, 17)[1]), torch.rand(3, generator=g3))
+
+
+def test_a_fresh_optimizer_warms_up_again_from_the_step_an_init_run_starts_at():
+    # a run from a shipped adapter at step 3220: the first steps ramp up instead of starting at the peak
+    assert training.cosine_lr(3220, 100000, 1.0, 10, 0.0, warm_from=3220) == pytest.approx(0.1)
+    assert training.cosine_lr(3229, 100000, 1.0, 10, 0.0, warm_from=3220) == pytest.approx(1.0)
+    assert training.cosine_lr(3230, 100000, 1.0, 10, 0.0, warm_from=3220) == pytest.approx(1.0)  # the cosine, at 0
+    assert training.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)  # a run from scratch, as before

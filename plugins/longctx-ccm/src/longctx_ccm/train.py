@@ -172,8 +172,10 @@ class CCMTrainer:
             start = int((init.card.get("training") or {}).get("steps", 0))
             meta = {"tokens": (init.card.get("training") or {}).get("tokens", 0),
                     "wall_time_s": (init.card.get("training") or {}).get("wall_time_s", 0.0)}
+            meta["warm_from"] = start  # a fresh optimizer warms up again
             logger.warning("starting from the weights of %s (step %d), fresh optimizer", args.init, start)
         wall = float(meta.get("wall_time_s", 0.0))
+        warm_from = int(meta.get("warm_from", 0))
         tokens_seen = int(meta.get("tokens", 0))
 
         maker = SampleMaker(train_stream, loaded.tokenizer, seed=training.stable_seed(args.seed, "samples", start))
@@ -196,7 +198,8 @@ class CCMTrainer:
                 ids = ids.to(device)
                 layout = Layout(lens, k, mode, device=device)
                 for g in opt.param_groups:
-                    g["lr"] = training.cosine_lr(step - 1, args.steps, args.lr, args.warmup, budget.progress(step - 1))
+                    g["lr"] = training.cosine_lr(step - 1, args.steps, args.lr, args.warmup, budget.progress(step - 1),
+                                                 warm_from)
                 with autocast:
                     hidden = parallel_hidden(model, adapter, ids, layout)
                     loss = segment_nll(model, hidden, ids, layout, range(1, args.segments)).mean()
@@ -210,15 +213,16 @@ class CCMTrainer:
                 if budget.done(step):
                     break
                 if step % args.save_every == 0:
-                    ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0))
+                    meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0, warm_from)
+                    ckpt.save(step, params, opt, meta)
         except KeyboardInterrupt:
-            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0)
+            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0, warm_from)
             training.save_interrupted(ckpt, done, params, opt, meta)
             raise
         finally:
             bar.close()
         wall += time.perf_counter() - t0
-        ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall))
+        ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall, warm_from))
 
         adapter.eval()
         seg = seg_lens[0] if 128 not in seg_lens else 128

@@ -228,8 +228,10 @@ class RCCTrainer:
             start = int((init.card.get("training") or {}).get("steps", 0))
             meta = {"tokens": (init.card.get("training") or {}).get("tokens", 0),
                     "wall_time_s": (init.card.get("training") or {}).get("wall_time_s", 0.0)}
+            meta["warm_from"] = start  # a fresh optimizer warms up again
             logger.warning("starting from the weights of %s (step %d), fresh optimizer", args.init, start)
         wall, tokens_seen = float(meta.get("wall_time_s", 0.0)), int(meta.get("tokens", 0))
+        warm_from = int(meta.get("warm_from", 0))
         sampler = Sampler(train_stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
         autocast = training.autocast(device)
         bar = training.Progress(args.steps, start, "train rcc")
@@ -248,7 +250,8 @@ class RCCTrainer:
                     (ctx, text), first = sampler.continuation(args.batch, m, gen), 1
                 ctx, text = ctx.to(device), text.to(device)
                 for g in opt.param_groups:
-                    g["lr"] = training.cosine_lr(step - 1, args.steps, g["peak"], args.warmup, budget.progress(step - 1))
+                    g["lr"] = training.cosine_lr(step - 1, args.steps, g["peak"], args.warmup, budget.progress(step - 1),
+                                                 warm_from)
                 with autocast:
                     states = encode_context(model, comp, ctx)
                     hidden = decoder_pass(model, comp, states, text)
@@ -264,15 +267,16 @@ class RCCTrainer:
                 if budget.done(step):
                     break
                 if step % args.save_every == 0:
-                    ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0))
+                    meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0, warm_from)
+                    ckpt.save(step, params, opt, meta)
         except KeyboardInterrupt:
-            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0)
+            meta = training.run_meta(args, tokens_seen, wall + time.perf_counter() - t0, warm_from)
             training.save_interrupted(ckpt, done, params, opt, meta)
             raise
         finally:
             bar.close()
         wall += time.perf_counter() - t0
-        ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall))
+        ckpt.save(step, params, opt, training.run_meta(args, tokens_seen, wall, warm_from))
         comp.eval()
         held_sampler = Sampler(held_stream, loaded.tokenizer, args.window, args.cue, args.span, args.continuation)
         with autocast:
