@@ -136,6 +136,59 @@ class StopMatcher:
         return out
 
 
+# ---- one reply ----------------------------------------------------------------------------------------------
+
+
+class RowDecoder:
+    """One reply being decoded: tokens in, text deltas out (UTF-8-clean, stop strings held back), until EOS, a stop
+    string or the end; then its :class:`Completion`. The generation loop keeps one per row, the batch scheduler one
+    per request."""
+
+    def __init__(self, tokenizer, params: GenerationConfig, eos_token_ids: frozenset[int]):
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.matcher = StopMatcher(params.stop)
+        self.eos = eos_token_ids
+        self.generated: list[int] = []
+        self.finish: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def push(self, token: int) -> str:
+        """Take the next sampled token; return the text that may go out now."""
+        if self.finish is not None:
+            return ""
+        self.generated.append(token)
+        if token in self.eos:
+            self.finish = "stop"
+            return ""
+        out = self.matcher.push(self.decoder.push(token))
+        if self.matcher.matched is not None:
+            self.finish = "stop"
+        return out
+
+    def close(self) -> str:
+        """The reply ends: the text still held back (a possible stop string, an incomplete character)."""
+        if self.finish is None:
+            self.finish = "length"
+        tail = ""
+        if self.matcher.matched is None:  # release text held back for a possible stop string or UTF-8 tail
+            tail = self.matcher.push(self.decoder.flush())
+            if self.matcher.matched is None:
+                tail += self.matcher.flush()
+            if self.matcher.matched is not None:
+                self.finish = "stop"
+        return tail
+
+    def completion(self, prompt_tokens: int, prefill_seconds: float, decode_seconds: float) -> Completion:
+        return Completion(
+            text=self.matcher.text, prompt_tokens=int(prompt_tokens), completion_tokens=len(self.generated),
+            finish_reason=self.finish or "length", token_ids=self.generated, stop_reason=self.matcher.matched,
+            prefill_seconds=prefill_seconds, decode_seconds=decode_seconds,
+        )
+
+
 # ---- the loop ---------------------------------------------------------------------------------------------------
 
 
@@ -143,6 +196,13 @@ class StopMatcher:
 class Delta:
     row: int
     text: str
+
+
+def make_generator(params: GenerationConfig, device) -> Optional[torch.Generator]:
+    """The sampling generator of a reply (None: greedy, or sampling from the global RNG when no seed is given)."""
+    if params.temperature > 0 and params.seed is not None:
+        return torch.Generator(device=device).manual_seed(params.seed)
+    return None
 
 
 def generate(
@@ -167,9 +227,7 @@ def generate(
     """
     B = prompt_ids.shape[0]
     device = state.model.device if hasattr(state, "model") else prompt_ids.device
-    generator = None
-    if params.temperature > 0 and params.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
+    generator = make_generator(params, device)
     if prompt_tokens is None:
         if attention_mask is None:
             prompt_tokens = [prompt_ids.shape[1]] * B
@@ -182,11 +240,7 @@ def generate(
     logits = state.forward(prompt_ids, attention_mask)[:, -1, :]
     t1 = time.perf_counter()
 
-    decoders = [IncrementalDecoder(tokenizer) for _ in range(B)]
-    matchers = [StopMatcher(params.stop) for _ in range(B)]
-    generated: list[list[int]] = [[] for _ in range(B)]
-    finish: list[Optional[str]] = [None] * B
-
+    rows = [RowDecoder(tokenizer, params, eos_token_ids) for _ in range(B)]
     lookahead = bool(getattr(state, "lookahead", False))
     for step in range(params.max_new_tokens):
         next_tokens = sample(logits, params, generator)  # (B,)
@@ -200,21 +254,11 @@ def generate(
                     fed_tokens[r].append(tokens[r])
         else:
             tokens = next_tokens.tolist()
-        for r in range(B):
-            if finish[r] is not None:
-                continue
-            tok = tokens[r]
-            if tok in eos_token_ids:
-                finish[r] = "stop"
-                generated[r].append(tok)
-                continue
-            generated[r].append(tok)
-            out = matchers[r].push(decoders[r].push(tok))
+        for r, row in enumerate(rows):
+            out = row.push(tokens[r])
             if out:
                 yield Delta(r, out)
-            if matchers[r].matched is not None:
-                finish[r] = "stop"
-        if all(f is not None for f in finish):
+        if all(row.done for row in rows):
             if ahead is not None:  # the step queued ahead fed a token no row wants: take it back
                 state.rewind(state.seen - 1)
                 if fed_tokens is not None:
@@ -233,29 +277,11 @@ def generate(
     t2 = time.perf_counter()
 
     completions = []
-    for r in range(B):
-        if finish[r] is None:
-            finish[r] = "length"
-        if matchers[r].matched is None:  # release text held back for a possible stop string or UTF-8 tail
-            tail = matchers[r].push(decoders[r].flush())
-            if matchers[r].matched is None:
-                tail += matchers[r].flush()
-            if tail:
-                yield Delta(r, tail)
-            if matchers[r].matched is not None:
-                finish[r] = "stop"
-        completions.append(
-            Completion(
-                text=matchers[r].text,
-                prompt_tokens=int(prompt_tokens[r]),
-                completion_tokens=len(generated[r]),
-                finish_reason=finish[r],
-                token_ids=generated[r],
-                stop_reason=matchers[r].matched,
-                prefill_seconds=t1 - t0,
-                decode_seconds=t2 - t1,
-            )
-        )
+    for r, row in enumerate(rows):
+        tail = row.close()
+        if tail:
+            yield Delta(r, tail)
+        completions.append(row.completion(prompt_tokens[r], t1 - t0, t2 - t1))
     return completions
 
 
