@@ -85,6 +85,24 @@ def _as_plugin(v: Any) -> Any:
     return {"name": v} if isinstance(v, str) else v
 
 
+class BatchingConfig(_Strict):
+    """Continuous batching (:mod:`longctx_llm.runtime.batching`): concurrent requests' decode steps run as one
+    forward; requests join and leave between steps; prompts are fed in pieces between the running decodes."""
+
+    max_batch: int = Field(
+        16, gt=0, le=1024,
+        description="Most requests decoding at once (1: no scheduler, every request runs on its own, as before).",
+    )
+    max_batch_tokens: int = Field(
+        512, gt=0, le=1 << 20,
+        description="Prompt tokens fed per scheduler step between decode steps (a long prompt does not stall the "
+        "others).",
+    )
+    max_queue: int = Field(
+        256, ge=0, le=1 << 20, description="Requests waiting beyond max_batch; one more is refused (the server: 503)."
+    )
+
+
 class PipelineConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: Union[PluginConfig, list[PluginConfig]] = Field(
@@ -93,6 +111,7 @@ class PipelineConfig(_Strict):
     )
     memory: PluginConfig = Field(default_factory=lambda: PluginConfig(name="buffer"))
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     component: PluginConfig = Field(default_factory=lambda: PluginConfig(name="chat"))
     #: the YAML file this config was read from (set by :func:`load_config`; None for mappings), so components can
     #: resolve relative paths (a documents folder) next to the file

@@ -45,3 +45,7 @@ class AdapterError(LongctxError, ValueError):
 
 class ResourceError(LongctxError, MemoryError):
     """The device ran out of memory for a request; the engine freed what it could and serves the next one."""
+
+
+class BusyError(LongctxError):
+    """Too many requests are running and waiting; the request was not started (the server answers 503)."""

@@ -25,8 +25,7 @@ class Completions:
         loaded = self.loaded
         self.check_fits(len(ids))
         state = state or self.strategy.new_state(loaded, 1)
-        tensor = torch.tensor([ids], dtype=torch.long, device=loaded.device)
-        gen = generate(state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window)
+        gen = self._decode(state, ids, params, prompt_tokens=len(ids), keep_state=False)
         return out_of_memory(gen, loaded, len(ids))
 
     def _prompt_ids(self, prompt: str) -> list[int]:

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputError, SessionError
 from . import templates
-from .generation import Completion, Delta, generate
+from .generation import Completion, Delta
 from .memory import SLOT
 from .session import Session
 from .stream import TextStream, out_of_memory
@@ -143,18 +143,7 @@ class Conversations:
             cache_ids = self._cache_view(session, ids)
             self.check_fits(len(cache_ids))
             feed = self._sync(session, cache_ids)
-            tensor = torch.tensor([feed], dtype=torch.long, device=loaded.device)
-            gen = generate(
-                session.state,
-                loaded.tokenizer,
-                tensor,
-                None,
-                params,
-                loaded.eos_token_ids,
-                window=self.context_window,
-                fed_tokens=[session.cached_ids],
-                prompt_tokens=[len(ids)],
-            )
+            gen = self._decode(session.state, feed, params, prompt_tokens=len(ids), fed_tokens=session.cached_ids)
         except BaseException:
             session.lock.release()
             raise

@@ -21,12 +21,13 @@ from typing import Any, Optional, Sequence, Union
 from pydantic import ValidationError
 
 from .. import registry
-from ..config import GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
+from ..config import BatchingConfig, GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
 from ..errors import ConfigError, ContextWindowError, InputError
 from ..model.loading import DEFAULT_MODEL, LoadedModel, ModelHandle
 from . import templates
 from .completion import Completions
 from .conversation import Conversations
+from .decoding import Decoding
 from .memory import Memory
 from .sessions import SessionStore
 from .strategy import Strategy
@@ -61,7 +62,7 @@ def _build_plugin(kind: str, spec: PluginSpec, default: str):
     return cls(options) if options is not None else cls()
 
 
-class Engine(Completions, Conversations, SessionStore):
+class Engine(Completions, Conversations, SessionStore, Decoding):
     """Runs prompts and chats on a local model under a long-context strategy."""
 
     def __init__(
@@ -73,6 +74,7 @@ class Engine(Completions, Conversations, SessionStore):
         *,
         device: str = "auto",
         dtype: str = "auto",
+        batching: Union[BatchingConfig, dict, None] = None,
     ):
         if isinstance(model, LoadedModel):
             self.model_handle = ModelHandle.from_loaded(model)
@@ -94,6 +96,14 @@ class Engine(Completions, Conversations, SessionStore):
                 f"generation: expected a mapping or a GenerationConfig, got {type(generation).__name__} {generation!r:.80}"
             )
         self.generation = generation or GenerationConfig()
+        if isinstance(batching, dict):
+            try:
+                batching = BatchingConfig(**batching)
+            except ValidationError as e:
+                raise ConfigError(format_validation_error(e, "batching")) from e
+        elif batching is not None and not isinstance(batching, BatchingConfig):
+            raise ConfigError(f"batching: expected a mapping or a BatchingConfig, got {type(batching).__name__}")
+        self.batching = batching or BatchingConfig()
         self._init_sessions()
         self._validated = False
 
@@ -104,6 +114,7 @@ class Engine(Completions, Conversations, SessionStore):
             strategy=config.strategy,
             memory=config.memory,
             generation=config.generation,
+            batching=config.batching,
         )
 
     # ---- model ---------------------------------------------------------------------------------------------

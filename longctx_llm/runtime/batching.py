@@ -1,0 +1,284 @@
+"""Continuous (iteration-level) batching: concurrent requests' decode steps run as one forward.
+
+The :class:`Scheduler` owns one thread that runs every request submitted to it, step by step:
+
+1. requests join between steps, up to ``max_batch`` running (more wait in a queue of ``max_queue``; beyond it
+   :class:`~longctx_llm.errors.BusyError`);
+2. a new request's prompt is fed in pieces of at most ``max_batch_tokens`` per step, between the running decodes,
+   so a long prompt does not stall the others;
+3. every running request samples its next token (its own parameters and seed) and its text goes out;
+4. the requests whose states pool (:func:`~.batch_pool.poolable`: plain KV caches, their seams per row) feed their
+   tokens as the rows of one forward (:class:`~.batch_pool.Pool`); the others feed theirs one forward each. A lone
+   request decodes on its own state, exactly as without the scheduler.
+
+Each session keeps its own model-side state between turns: a request works on it while it runs (under the session's
+lock, held by the caller), and a pooled row's new entries go back to it when the reply ends. A reader that closes
+its stream early frees its row at the next step; the other rows are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+
+from ..config import BatchingConfig, GenerationConfig
+from ..errors import BusyError
+from .batch_pool import Pool, append_entries, poolable
+from .generation import Completion, Delta, RowDecoder, make_generator, sample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One reply: the state it runs on, what to feed first, how to decode, and where its output goes."""
+
+    state: Any  # StrategyState
+    feed: list[int]
+    params: GenerationConfig
+    row: RowDecoder
+    window: Optional[int]
+    prompt_tokens: int
+    fed_tokens: Optional[list[int]] = None  # the session's record of its cache (extended as tokens are fed)
+    keep_state: bool = True  # a session's state: a pooled row's new entries go back to it
+    out: "queue.SimpleQueue" = field(default_factory=queue.SimpleQueue)
+    released: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+    generator: Optional[torch.Generator] = None
+    prefilled: int = 0
+    logits: Optional[torch.Tensor] = None  # (V,) of the last fed token, waiting to be sampled
+    pending: Optional[int] = None  # the token sampled last, to be fed at the next step
+    sampled: int = 0
+    pooled: bool = False
+    gained: list[int] = field(default_factory=list)  # tokens fed as a pool row (not yet in the session's state)
+    t0: float = 0.0
+    t1: float = 0.0
+
+    @property
+    def seen(self) -> int:
+        """Tokens the request's sequence holds (its state's, plus those fed as a pool row)."""
+        return self.state.seen + len(self.gained)
+
+
+class Scheduler:
+    """Runs submitted requests in one thread, batching their decode steps (see the module docstring)."""
+
+    def __init__(self, strategy, loaded, options: BatchingConfig):
+        self.strategy, self.loaded, self.options = strategy, loaded, options
+        self.pool = Pool(strategy, loaded)
+        self._cond = threading.Condition()
+        self._waiting: list[Request] = []
+        self._running: list[Request] = []
+        self._thread: Optional[threading.Thread] = None
+        self._serial_logged = False
+        self.steps = 0  # decode forwards run (pooled forwards count once)
+
+    # ---- the callers' side ---------------------------------------------------------------------------------------
+    def submit(self, state, feed: list[int], params: GenerationConfig, *, tokenizer, eos_token_ids, window,
+               prompt_tokens: int, fed_tokens: Optional[list[int]] = None, keep_state: bool = True) -> Iterator[Delta]:
+        """Queue a reply; returns the iterator of its text deltas (its return value: ``[Completion]``)."""
+        req = Request(
+            state=state, feed=list(feed), params=params, row=RowDecoder(tokenizer, params, eos_token_ids),
+            window=window, prompt_tokens=prompt_tokens, fed_tokens=fed_tokens, keep_state=keep_state,
+            generator=make_generator(params, self.loaded.device),
+        )
+        with self._cond:
+            if len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running)):
+                raise BusyError(
+                    f"the server is busy: {len(self._running)} requests running (max_batch "
+                    f"{self.options.max_batch}) and {len(self._waiting)} waiting (max_queue {self.options.max_queue}); "
+                    "try again shortly"
+                )
+            req.t0 = time.perf_counter()
+            self._waiting.append(req)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="longctx-batching", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return self._deltas(req)
+
+    def _deltas(self, req: Request) -> Iterator[Delta]:
+        try:
+            while True:
+                item = req.out.get()
+                if isinstance(item, Delta):
+                    yield item
+                elif isinstance(item, Completion):
+                    return [item]
+                else:
+                    raise item
+        finally:
+            if not req.released.is_set():  # the reader stopped early: free the row, then give the state back
+                with self._cond:
+                    req.cancelled = True
+                    self._cond.notify()
+                if threading.current_thread() is not self._thread:  # (a collector may close it on our thread)
+                    req.released.wait()
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    # ---- the scheduler's thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._running:
+                    if not self._cond.wait(timeout=30.0) and not self._waiting and not self._running:
+                        self._thread = None  # idle: the next submit starts a thread again
+                        return
+                while self._waiting and len(self._running) < self.options.max_batch:
+                    self._running.append(self._waiting.pop(0))
+                running = list(self._running)
+            try:
+                self._iteration(running)
+            except BaseException as exc:  # noqa: BLE001 - never leave a reader waiting: fail what was running
+                logger.exception("batching: a step failed")
+                for req in running:
+                    if not req.released.is_set():
+                        self._fail(req, exc)
+
+    def _iteration(self, running: list[Request]) -> None:
+        for req in running:
+            if req.cancelled:
+                self._finish(req)
+        running = [r for r in running if not r.released.is_set()]
+        # 1. prompts, in pieces between the decodes
+        budget = self.options.max_batch_tokens
+        for req in running:
+            if req.prefilled < len(req.feed) and budget > 0:
+                piece = req.feed[req.prefilled : req.prefilled + budget]
+                try:
+                    if not req.prefilled:  # the reply included: a preallocated cache never grows while decoding
+                        need = req.state.seen + len(req.feed) + req.params.max_new_tokens
+                        req.state.reserve(min(need, req.window) if req.window is not None else need)
+                    ids = torch.tensor([piece], dtype=torch.long, device=self.loaded.device)
+                    logits = req.state.forward(ids)[0, -1, :]
+                except Exception as exc:  # noqa: BLE001 - this request's failure (e.g. out of memory), not the others'
+                    self._fail(req, exc)
+                    continue
+                req.prefilled += len(piece)
+                budget -= len(piece)
+                if req.prefilled == len(req.feed):
+                    req.logits, req.t1 = logits, time.perf_counter()
+        # 2. sample, emit, decide who goes on
+        feeding = []
+        for req in running:
+            if req.logits is None or req.released.is_set():
+                continue
+            tok = int(sample(req.logits[None], req.params, req.generator)[0])
+            req.logits = None
+            req.sampled += 1
+            text = req.row.push(tok)
+            if text:
+                req.out.put(Delta(0, text))
+            more = req.sampled < req.params.max_new_tokens and not (req.window is not None and req.seen + 1 > req.window)
+            if req.row.done or not more:
+                self._finish(req)
+            else:
+                req.pending = tok
+                feeding.append(req)
+        # 3. feed: pooled rows in one forward, the rest one forward each
+        rows = [r for r in feeding if r.pooled or poolable(self.strategy, r.state)]
+        if len(rows) >= 2 or any(r.pooled for r in rows):  # a lone request decodes on its own state
+            for req in rows:
+                if not req.pooled:
+                    self.pool.join(req, req.state)
+                    req.pooled = True
+            self._pool_step()
+        alone = [r for r in feeding if not r.pooled and not r.released.is_set()]
+        if len(alone) > 1 and not self._serial_logged:
+            logger.info("batching: strategy %r decodes one request per forward (its states do not pool)",
+                        self.strategy.name)
+            self._serial_logged = True
+        for req in alone:
+            try:
+                ids = torch.tensor([[req.pending]], dtype=torch.long, device=self.loaded.device)
+                req.logits = req.state.forward(ids)[0, -1, :]
+            except Exception as exc:  # noqa: BLE001
+                self._fail(req, exc)
+                continue
+            if req.fed_tokens is not None:
+                req.fed_tokens.append(req.pending)
+            req.pending = None
+            self.steps += 1
+
+    def _pool_step(self) -> None:
+        """One forward for every pool row (rows run in step: a row's request either feeds now or has left)."""
+        owners = self.pool.owners
+        tokens = [o.pending for o in owners]
+        try:
+            logits = self.pool.step(tokens)
+        except Exception as exc:  # noqa: BLE001 - the pool's cache is unknown now: every row fails
+            for o in list(owners):
+                self._fail(o, exc)
+            return
+        for i, o in enumerate(list(owners)):
+            o.logits = logits[i]
+            o.gained.append(o.pending)
+            o.pending = None
+        self.steps += 1
+
+    # ---- ending a request ------------------------------------------------------------------------------------------
+    def _leave_pool(self, req: Request, keep: bool) -> None:
+        if not req.pooled:
+            return
+        entries = self.pool.leave(req, len(req.gained))
+        req.pooled = False
+        if keep and req.keep_state and req.gained:
+            append_entries(req.state, entries)
+            if req.fed_tokens is not None:
+                req.fed_tokens.extend(req.gained)
+        req.gained = []
+
+    def _release(self, req: Request) -> None:
+        with self._cond:
+            if req in self._running:
+                self._running.remove(req)
+            if req in self._waiting:
+                self._waiting.remove(req)
+        req.released.set()
+
+    def _unfed(self, req: Request) -> None:
+        """A request ended during its prompt: the session's record of its cache drops what was never fed."""
+        left = len(req.feed) - req.prefilled
+        if left and req.fed_tokens is not None:
+            del req.fed_tokens[len(req.fed_tokens) - left :]
+            req.prefilled = len(req.feed)
+
+    def _finish(self, req: Request) -> None:
+        self._unfed(req)
+        try:
+            self._leave_pool(req, keep=True)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(req, exc)
+            return
+        tail = req.row.close()
+        if tail:
+            req.out.put(Delta(0, tail))
+        t2 = time.perf_counter()
+        t1 = req.t1 or t2
+        req.out.put(req.row.completion(req.prompt_tokens, t1 - req.t0, t2 - t1))
+        self._release(req)
+
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        self._unfed(req)
+        try:
+            self._leave_pool(req, keep=False)
+        except Exception:  # noqa: BLE001 - the error that matters is the first one
+            self.pool = Pool(self.strategy, self.loaded)
+            req.pooled = False
+        req.out.put(exc)
+        self._release(req)

@@ -1,0 +1,49 @@
+"""How a reply runs: through the batch scheduler (concurrent replies share forwards), or on its own.
+
+:class:`Decoding` is one part of :class:`~.engine.Engine`: every chat and completion hands its prepared state and
+prompt tokens to :meth:`Decoding._decode`. With ``batching.max_batch`` above 1 (the default, 16) the reply goes to
+the engine's :class:`~.batching.Scheduler`; with 1 it runs in the caller's thread through
+:func:`~.generation.generate`, as it did before the scheduler existed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+
+from ..config import BatchingConfig, GenerationConfig
+from .batching import Scheduler
+from .generation import Delta, generate
+
+
+class Decoding:
+    """The engine's scheduler (made on first use) and the one call every reply goes through."""
+
+    batching: BatchingConfig
+    _scheduler: Optional[Scheduler] = None
+
+    @property
+    def scheduler(self) -> Optional[Scheduler]:
+        """The batch scheduler (None when ``batching.max_batch`` is 1)."""
+        if self.batching.max_batch <= 1:
+            return None
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self.strategy, self.loaded, self.batching)
+        return self._scheduler
+
+    def _decode(self, state, feed: list[int], params: GenerationConfig, *, prompt_tokens: int,
+                fed_tokens: Optional[list[int]] = None, keep_state: bool = True) -> Iterator[Delta]:
+        """Prefill ``feed`` into ``state`` and decode a reply; yields text deltas, returns ``[Completion]``."""
+        loaded = self.loaded
+        scheduler = self.scheduler
+        if scheduler is not None:
+            return scheduler.submit(
+                state, feed, params, tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
+                window=self.context_window, prompt_tokens=prompt_tokens, fed_tokens=fed_tokens, keep_state=keep_state,
+            )
+        tensor = torch.tensor([feed], dtype=torch.long, device=loaded.device)
+        return generate(
+            state, loaded.tokenizer, tensor, None, params, loaded.eos_token_ids, window=self.context_window,
+            fed_tokens=[fed_tokens] if fed_tokens is not None else None, prompt_tokens=[prompt_tokens],
+        )
