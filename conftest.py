@@ -74,6 +74,64 @@ def build_tiny(arch: str, tokenizer, seed: int = 0, device: str = "cpu", **overr
     return wrap_model(model, tokenizer, source=f"tiny-{arch}")
 
 
+def peaked_tiny(tokenizer, arch: str = "llama", **overrides):
+    """A tiny random model whose next-token distribution is sharp (lm_head scaled): greedy choices then do not hinge
+    on the last bits of a float, so a batched and a serial run must agree token for token."""
+    loaded = build_tiny(arch, tokenizer, max_positions=512, **overrides)
+    with torch.no_grad():
+        loaded.model.get_output_embeddings().weight.mul_(40.0)
+    return loaded
+
+
+def serial_chats(engine, prompts, turns: int, tokens: int) -> dict:
+    """Greedy token ids of each prompt's session, turn by turn, one session after the other."""
+    out = {}
+    for i, prompt in enumerate(prompts):
+        for t in range(turns):
+            out[(i, t)] = engine.chat(prompt if t == 0 else "And then?", session_id=f"s{i}",
+                                      max_new_tokens=tokens).token_ids
+    return out
+
+
+def concurrent_chats(engine, prompts, turns: int, tokens: int) -> dict:
+    """The same as :func:`serial_chats`, every session in its own thread at once (started a little apart)."""
+    import threading
+
+    out, errors = {}, []
+
+    def run(i, prompt):
+        try:
+            for t in range(turns):
+                c = engine.chat(prompt if t == 0 else "And then?", session_id=f"s{i}", max_new_tokens=tokens)
+                out[(i, t)] = c.token_ids
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(prompts)]
+    for th in threads:
+        th.start()
+        th.join(timeout=0.05)
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    return out
+
+
+@pytest.fixture
+def peaked_model(tokenizer):
+    """Factory: ``peaked_model()`` -> a tiny random Llama with a sharp next-token distribution (see peaked_tiny)."""
+    return lambda arch="llama", **kw: peaked_tiny(tokenizer, arch, **kw)
+
+
+@pytest.fixture
+def chat_runs():
+    """``chat_runs.serial(engine, prompts, turns, tokens)`` / ``chat_runs.concurrent(...)``: greedy replies of one
+    session per prompt, one after the other or all at once (the batching tests compare the two)."""
+    import types
+
+    return types.SimpleNamespace(serial=serial_chats, concurrent=concurrent_chats)
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     """Factory: ``tiny_model("llama", max_positions=256)`` -> LoadedModel with random weights."""
