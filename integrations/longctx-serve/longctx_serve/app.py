@@ -17,6 +17,8 @@ and a Ray Serve replica can build its engine in its constructor and wrap ``creat
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import os
 import secrets
@@ -77,8 +79,10 @@ def _completion_events(engine: Engine, prompt: str, gen: dict) -> Iterator[Any]:
 
 
 def _error_response(err: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
 
 
 def create_app(
@@ -171,7 +175,8 @@ def create_app(
         gen = convert.gen_arguments(req, req.max_tokens)
         rid, created = convert.new_id("cmpl"), convert.now()
         if not req.stream:
-            done = [await run_in_threadpool(lambda p=p: engine.complete(p, **gen)) for p in prompts]
+            # all at once: the engine's scheduler decodes them as rows of one forward
+            done = await asyncio.gather(*(run_in_threadpool(lambda p=p: engine.complete(p, **gen)) for p in prompts))
             return JSONResponse(convert.text_completion(
                 [(c.text, c.finish_reason) for c in done], served, rid, created,
                 sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done),

@@ -30,10 +30,13 @@ def serve_pipeline(
     model_name: Optional[str] = None,
     max_sessions: int = 256,
     limits: Optional[Mapping[str, int]] = None,
+    batching: Optional[Mapping[str, int]] = None,
 ) -> int:
     """Load the pipeline's model (errors surface here, not on the first request) and serve until Ctrl-C.
 
     ``limits``: :class:`~longctx_serve.limits.RequestLimits` fields to change (``longctx serve --max-stop`` ...).
+    ``batching``: the pipeline's ``batching`` fields to change (``--max-batch``, ``--max-batch-tokens``,
+    ``--max-queue``).
     """
     import uvicorn
 
@@ -45,7 +48,10 @@ def serve_pipeline(
     if max_sessions < 1:
         raise ConfigError(f"--max-sessions: must be >= 1, got {max_sessions}")
     request_limits = _request_limits(limits or {})
-    engine = Engine.from_config(load_config(pipeline))
+    config = load_config(pipeline)
+    if batching:
+        config.batching = _batching(config.batching, batching)
+    engine = Engine.from_config(config)
     _ = engine.loaded  # load and validate the model now
     api_key = api_key_from_env(api_key)
     if api_key is None and host not in LOCAL_HOSTS:
@@ -70,6 +76,21 @@ def _request_limits(values: Mapping[str, int]) -> RequestLimits:
         return RequestLimits(**values)
     except TypeError as e:  # an unknown name (a caller's typo)
         raise ConfigError(f"serve limits: {e}") from None
+
+
+def _batching(current, values: Mapping[str, int]):
+    """The pipeline's batching options with the command line's on top; a ConfigError naming the option."""
+    from pydantic import ValidationError
+
+    from longctx_llm.config import BatchingConfig, format_validation_error
+
+    try:
+        return BatchingConfig(**{**current.model_dump(), **values})
+    except ValidationError as e:
+        msg = format_validation_error(e)
+        for name in values:
+            msg = msg.replace(name, "--" + name.replace("_", "-"))
+        raise ConfigError(msg) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -46,6 +46,14 @@ class ServeCommand:
         p.add_argument("--max-sessions", type=int, default=256, help="sessions kept (least recently used dropped)")
         for name, (default, text) in SERVE_LIMITS.items():
             p.add_argument(OPTIONS[name], type=int, default=default, help=text)
+        p.add_argument("--max-batch", type=int, default=None,
+                       help="most requests decoding at once, as rows of one forward (default: the pipeline's "
+                            "batching.max_batch, 16); 1 runs each request on its own")
+        p.add_argument("--max-batch-tokens", type=int, default=None,
+                       help="prompt tokens fed per step between the running decodes (default: the pipeline's, 512)")
+        p.add_argument("--max-queue", type=int, default=None,
+                       help="requests waiting beyond --max-batch; one more is answered 503 with Retry-After "
+                            "(default: the pipeline's, 256)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -64,4 +72,6 @@ class ServeCommand:
             model_name=args.model_name,
             max_sessions=args.max_sessions,
             limits={name: getattr(args, name) for name in SERVE_LIMITS},
+            batching={k: v for k, v in (("max_batch", args.max_batch), ("max_batch_tokens", args.max_batch_tokens),
+                                        ("max_queue", args.max_queue)) if v is not None},
         )

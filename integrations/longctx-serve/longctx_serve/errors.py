@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from longctx_llm.errors import (
+    BusyError,
     ConfigError,
     ContextWindowError,
     InputError,
@@ -34,6 +35,7 @@ class APIError(Exception):
     type: str = "invalid_request_error"
     param: Optional[str] = None
     code: Optional[str] = None
+    retry_after: Optional[int] = None  # seconds, sent as Retry-After (503: the server is busy)
 
     def __str__(self) -> str:
         return self.message
@@ -59,6 +61,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, msg, param="messages", code="context_length_exceeded")
     if isinstance(exc, (InputError, ConfigError, PluginError)):
         return APIError(400, msg, param=_param(msg), code="invalid_value")
+    if isinstance(exc, BusyError):
+        return APIError(503, msg, type="server_error", code="server_busy", retry_after=1)
     if isinstance(exc, ResourceError):
         return APIError(507, msg, type="server_error", code="insufficient_resources")
     if isinstance(exc, SessionError):
