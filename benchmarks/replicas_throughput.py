@@ -76,8 +76,8 @@ def main(argv=None) -> int:
         r["vs_first"] = r["tok_s"] / rows[0]["tok_s"]
     print(f"model {args.model}; strategy {args.strategy}; {gpus} GPU(s) on this machine; greedy, {args.tokens} "
           f"tokens per request; {args.clients} concurrent sessions")
-    print_table(rows, ["replicas", "clients", "deploy_s", "wall_s", "tokens", "tok_s", "latency_median_s",
-                       "latency_max_s", "replicas_used", "vs_first"])
+    print_table(rows, ["replicas", "clients", "deploy_s", "wall_s", "tokens", "tok_s", "latency_p50_s",
+                       "latency_p99_s", "replicas_used", "vs_first"])
     return 0
 
 
