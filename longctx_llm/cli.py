@@ -269,7 +269,8 @@ def _cmd_eval_speed(args) -> int:
     engine, ids = _eval_setup(args)
     if not ids:
         ids = list(range(1000, 1000 + 4096))  # no --text: a fixed token pattern (speed does not depend on content)
-    _print_rows(tensor_parallel.call(evaluate.speed, engine, ids, lengths, decode_tokens=args.decode_tokens), args.json)
+    rows = tensor_parallel.call(evaluate.speed, engine, ids, lengths, decode_tokens=args.decode_tokens)
+    _print_rows(rows, args.json)
     return 0
 
 

@@ -447,4 +447,5 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         tp = f", tp={self.tp}" if self.tp != 1 else ""
-        return f"ModelHandle({self.source!r}, device={self.device!r}, dtype={self.dtype!r}{tp}, loaded={self.is_loaded})"
+        return (f"ModelHandle({self.source!r}, device={self.device!r}, dtype={self.dtype!r}{tp}, "
+                f"loaded={self.is_loaded})")

@@ -83,7 +83,8 @@ def test_a_tp_1_pipeline_under_a_torchrun_leader_is_refused(monkeypatch, tiny_mo
     monkeypatch.setattr(tensor_parallel, "_LEADER", tensor_parallel.Leader(tensor_parallel.Pipe(), 2))
     cfg = parse_config({"model": {"source": str(tiny_model_dir), "device": "cpu"}})
     with pytest.raises(ConfigError, match=r"model.tp: 1 does not match the 2 processes torchrun started "
-                                          r"\(WORLD_SIZE=2\); valid: model.tp: 2, or start the command without torchrun"):
+                                          r"\(WORLD_SIZE=2\); valid: model.tp: 2, or start the command "
+                                          r"without torchrun"):
         Engine.from_config(cfg)
 
 

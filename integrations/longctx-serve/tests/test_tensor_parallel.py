@@ -48,10 +48,10 @@ def requests(client: httpx.Client, model: str) -> list[str]:
 
 def test_serve_under_torchrun_answers_as_one_process(tiny_model_dir, tmp_path):
     from fastapi.testclient import TestClient
+    from longctx_serve.app import create_app
 
     from longctx_llm import Engine
     from longctx_llm.config import load_config
-    from longctx_serve.app import create_app
 
     def pipeline(tp: int):
         path = tmp_path / f"tp{tp}.yaml"
