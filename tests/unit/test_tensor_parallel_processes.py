@@ -1,5 +1,6 @@
 """Tensor parallel over two CPU processes (gloo), started by torchrun: the logits of ``model: {tp: 2}`` equal one
-process's for ``full``, ``dca`` and ``streaming`` (and with LoRA hooks on every projection, CCM's and RCC's seam);
+process's for ``full``, ``dca``, ``streaming`` and ``rcc`` (a random compressor), and with LoRA hooks on every
+projection (CCM's and RCC's seam);
 rank 0 leading an engine keeps the other rank in step through streams, closes, sampling and concurrent requests;
 ``torchrun ... -m longctx_llm.cli run`` prints the reply one process prints.
 
@@ -36,8 +37,18 @@ def torchrun(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 
 def test_logits_of_two_processes_equal_one_process(tiny_model_dir, tmp_path):
-    torchrun(str(HERE / "tp_worker.py"), "logits", str(tiny_model_dir), str(tmp_path), cwd=tmp_path)
-    for name, spec in tp_worker.STRATEGIES.items():
+    compressor = ""
+    strategies = dict(tp_worker.STRATEGIES)
+    try:
+        import longctx_rcc  # noqa: F401 - the plugin is optional here
+    except ImportError:
+        pass
+    else:
+        compressor = str(tmp_path / "compressor")
+        tp_worker.make_compressor(str(tiny_model_dir), compressor)
+        strategies["rcc"] = tp_worker.rcc_strategy(compressor)
+    torchrun(str(HERE / "tp_worker.py"), "logits", str(tiny_model_dir), str(tmp_path), compressor, cwd=tmp_path)
+    for name, spec in strategies.items():
         one = tp_worker.strategy_logits(str(tiny_model_dir), spec, tp=1)
         for rank in (0, 1):
             two = torch.load(tmp_path / f"{name}_rank{rank}.pt")

@@ -1,9 +1,9 @@
 """One process of the two-process tensor-parallel tests (tests/unit/test_tensor_parallel_processes.py), started by
 ``python -m torch.distributed.run --nproc-per-node 2 tp_worker.py MODE MODEL_DIR OUT_DIR``.
 
-- ``logits``: every rank runs the same code (a script of one's own under torchrun) and saves, per strategy, the
-  logits of a prefill and of decode steps through ``load_pipeline`` with ``model: {tp: 2}``, and those of a forward
-  with LoRA hooks on every projection;
+- ``logits [COMPRESSOR]``: every rank runs the same code (a script of one's own under torchrun) and saves, per
+  strategy (and ``rcc`` with the compressor folder given), the logits of a prefill and of decode steps through
+  ``load_pipeline`` with ``model: {tp: 2}``, and those of a forward with LoRA hooks on every projection;
 - ``protocol``: rank 0 drives an engine as the CLI does (leading), the other rank follows
   (``tensor_parallel.run_command``); each rank saves its sessions' histories.
 """
@@ -26,6 +26,30 @@ STRATEGIES = {
 }
 PROMPT = list(range(300, 450))  # 150 tokens: DCA sees 3 chunks, StreamingLLM evicts
 DECODE = [501, 502, 503, 504, 505]
+
+
+def rcc_strategy(compressor: str) -> dict:
+    """RCC with a random compressor (:func:`make_compressor`): 150 tokens are 4 windows of 32 compressed 8 times."""
+    return {"name": "rcc", "compressor": compressor, "window": 32, "ratio": 8, "encode_batch": 2,
+            "prefill_chunk_size": 40}
+
+
+def make_compressor(model_dir: str, path: str) -> None:
+    """A random RCC compressor (encoder, slot and reader LoRA, bridges all acting) for the tiny model, saved."""
+    from longctx_rcc.compressor import RCCCompressor
+
+    from longctx_llm import ModelHandle
+    from longctx_llm.model import adapters
+
+    model = ModelHandle(model_dir, "cpu", "float32").get().model
+    torch.manual_seed(2)
+    comp = RCCCompressor(model, ratio=8, window=32, encoder_rank=4, slot_rank=4, reader_rank=4,
+                         encoder_projections=("attention", "mlp"))
+    with torch.no_grad():
+        for name, param in comp.named_parameters():
+            if "bridge" in name or ".b." in name:
+                param.normal_(0, 0.05)
+    comp.save(path, {"base_model": {"name": "tiny", **adapters.model_facts(model)}}, dtype=torch.float32)
 
 
 def pipeline(model_dir: str, strategy: dict, tp: int) -> dict:
@@ -65,8 +89,9 @@ def lora_logits(model_dir: str, tp: int) -> torch.Tensor:
     return logits[0].float()
 
 
-def run_logits(model_dir: str, out: Path, tp: int, rank: int) -> None:
-    for name, spec in STRATEGIES.items():
+def run_logits(model_dir: str, out: Path, tp: int, rank: int, compressor: str = "") -> None:
+    strategies = {**STRATEGIES, **({"rcc": rcc_strategy(compressor)} if compressor else {})}
+    for name, spec in strategies.items():
         torch.save(strategy_logits(model_dir, spec, tp), out / f"{name}_rank{rank}.pt")
     torch.save(lora_logits(model_dir, tp), out / f"lora_rank{rank}.pt")
 
@@ -136,6 +161,6 @@ if __name__ == "__main__":
     mode, model_dir, out_dir = sys.argv[1:4]
     rank = int(os.environ["RANK"])
     if mode == "logits":
-        run_logits(model_dir, Path(out_dir), 2, rank)
+        run_logits(model_dir, Path(out_dir), 2, rank, *sys.argv[4:5])
     else:
         run_protocol(model_dir, Path(out_dir), rank)
