@@ -53,6 +53,13 @@ class ModelConfig(_Strict):
         "--nproc-per-node TP (docs: README, Tensor parallel).",
     )
 
+    @field_validator("tp", mode="before")
+    @classmethod
+    def _tp(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML's `tp: yes` is not a number of devices
+            raise ValueError("must be a number of processes (1, 2, ...)")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -48,6 +48,7 @@ def load(source, tp: int, device: str = "cpu") -> None:
 @pytest.mark.parametrize("value, message", [
     (0, "model.tp: Input should be greater than or equal to 1, got 0"),
     ("two", "model.tp: Input should be a valid integer, unable to parse string as an integer, got 'two'"),
+    (True, r"model.tp: Value error, must be a number of processes \(1, 2, ...\), got True"),
 ])
 def test_tp_must_be_a_positive_integer(value, message):
     with pytest.raises(ConfigError, match=message):
