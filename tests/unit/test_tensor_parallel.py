@@ -182,14 +182,18 @@ def leader_and_follower(monkeypatch, tiny_model_dir, tmp_path):
     cfg = parse_config({"model": {"source": str(tiny_model_dir), "device": "cpu", "dtype": "float32"},
                         "generation": {"max_new_tokens": 5}})
     engine = Engine.from_config(cfg)
-    yield engine, followers
-    leader.stop()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
+
+    def finish() -> None:  # stop the follower and wait until it has run every step
+        leader.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+    yield engine, followers, finish
+    finish()
 
 
 def test_a_follower_runs_every_call_of_the_leader(leader_and_follower):
-    engine, followers = leader_and_follower
+    engine, followers, finish = leader_and_follower
     CALLS.clear()
     assert isinstance(engine, Engine) and type(engine).__name__ == "TensorParallelEngine"
     first = engine.chat("Hello there", session_id="a").text
@@ -209,13 +213,10 @@ def test_a_follower_runs_every_call_of_the_leader(leader_and_follower):
     engine.reset_session("a")
     assert engine.chat("Hello there", session_id="a").text == first
     engine.tokenize("not a step")
-    tensor_parallel._LEADER.stop()
-    deadline = time.monotonic() + 60
-    while len(CALLS) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    finish()
     (follower,) = followers
     assert [value for _, value in CALLS] == [21, 21]
-    assert CALLS[1][0] is follower and CALLS[0][0] is engine
+    assert {id(e) for e, _ in CALLS} == {id(engine), id(follower)}
     for sid in ("a", "d", "raw"):
         mine, theirs = engine.session(sid), follower.session(sid)
         assert theirs.history == mine.history and theirs.cached_ids == mine.cached_ids, sid
@@ -226,7 +227,7 @@ def test_a_follower_runs_every_call_of_the_leader(leader_and_follower):
 
 
 def test_a_second_request_on_a_busy_session_waits_outside_the_lock(leader_and_follower):
-    engine, followers = leader_and_follower
+    engine, followers, finish = leader_and_follower
     first = engine.stream_chat("First", session_id="c", max_new_tokens=6)
     next(first)  # the session is held by this stream
     second: dict = {}
@@ -237,14 +238,13 @@ def test_a_second_request_on_a_busy_session_waits_outside_the_lock(leader_and_fo
     rest = "".join(first)  # the stream's own steps still run
     t.join(timeout=60)
     assert not t.is_alive() and "text" in second and isinstance(rest, str)
-    tensor_parallel._LEADER.stop()
-    time.sleep(0.5)
+    finish()
     assert followers[0].session("c").history == engine.session("c").history
 
 
 def test_arguments_that_cannot_be_sent_are_an_input_error(leader_and_follower):
     from longctx_llm import InputError
 
-    engine, _ = leader_and_follower
+    engine, _, _ = leader_and_follower
     with pytest.raises(InputError, match="cannot be sent to the other tensor-parallel processes"):
         engine.complete("hi", stop=[lambda: 0])
