@@ -140,12 +140,18 @@ class Leader:
                 )
             session.lock.release()  # free now: take the lock and look again
 
-    def stop(self) -> None:
-        """End the followers."""
-        with self._lock:
+    def stop(self, wait_s: float = 60.0) -> None:
+        """End the followers (once the step running now, if any, is over; a step that never ends, e.g. a thread
+        killed mid-forward, leaves them to torchrun, which ends every process when rank 0 exits)."""
+        if not self._lock.acquire(timeout=wait_s):
+            logger.warning("tensor parallel: a step is still running after %.0f s; not telling the others to stop", wait_s)
+            return
+        try:
             while self._dropped:
                 self.channel.send(("close", self._dropped.popleft()))
             self.channel.send(("stop",))
+        finally:
+            self._lock.release()
 
     def run(self, engine, name: str, method: Callable, args: tuple, kwargs: dict) -> Any:
         """An engine call on every process: sent, then run here."""

@@ -248,3 +248,19 @@ def test_arguments_that_cannot_be_sent_are_an_input_error(leader_and_follower):
     engine, _, _ = leader_and_follower
     with pytest.raises(InputError, match="cannot be sent to the other tensor-parallel processes"):
         engine.complete("hi", stop=[lambda: 0])
+
+
+#: the engine's public names that never run the model nor change what a later call feeds it (reads, checks, the
+#: tokenizer; ``session`` makes a fresh state, as the follower's own call does; saving is refused under tp; ``loaded``
+#: is a step of its own, the model's first load)
+NOT_STEPS = {"attention_span", "check_fits", "context_window", "count_tokens", "from_config", "get_session",
+             "load_session", "loaded", "model_name", "params", "render_chat", "save_session", "session",
+             "session_wait_s", "sessions", "tokenize", "tokenizer"}
+
+
+def test_every_public_engine_call_is_classified():
+    """A new public engine call must say whether it runs the model (tensor_parallel.STEPS: every process runs it) or
+    not (NOT_STEPS): a model call that only rank 0 runs would leave the other processes waiting forever."""
+    public = {name for name in dir(Engine) if not name.startswith("_")}
+    assert public - set(tensor_parallel.STEPS) - NOT_STEPS == set()
+    assert set(tensor_parallel.STEPS) <= public and not set(tensor_parallel.STEPS) & NOT_STEPS
