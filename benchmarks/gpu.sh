@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu.sh serve      the embedded model on the GPU through the layers (engine, `longctx run`,
 #                                     ChatLongctx, LongctxLLM) and `longctx serve` under 1/4/16 concurrent sessions
 #                                     (needs .whl2 and .whl3: the server's and the integrations' wheels)
+#   bash benchmarks/gpu.sh tp         tensor parallel (a machine of 2+ GPUs): decode tokens/s of SmolLM2 and an 8B-shaped
+#                                     model at tp 1, then 2, 3, 4 as the GPUs allow (SmolLM2's 9 heads: tp 3 only)
 #   bash benchmarks/gpu.sh replicas   Ray Serve: 16 sessions on 1 then 2 replicas, one GPU each (a 2-GPU machine; Ray's
 #                                     wheels carried in .whl4 and, split, in .whlsplit: see benchmarks/README.md)
 #   bash benchmarks/gpu.sh rcc-sweep  several RCC trainings side by side on one GPU, each for $BUDGET seconds (a 135M model
@@ -140,6 +142,17 @@ case "${1:-}" in
     python3 benchmarks/layers_overhead.py --model "$MODEL" --device cuda --tokens 200 --runs 5 2>&1 | grep -v -i warn | tail -7
     python3 benchmarks/serve_throughput.py --model "$MODEL" --device cuda --clients 1,4,16 --tokens 128 2>&1 \
       | grep -v -i warn | tail -6
+    ;;
+  tp)  # an nvidia-h100-x2 or more: model.tp through transformers' tensor parallelism, one process per GPU
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    N=$(nvidia-smi -L | wc -l)
+    python3 benchmarks/tp_decode.py prepare --model "$MODEL" --folders $W/tp-models 2>&1 | grep -v -i warn | tail -2
+    python3 benchmarks/tp_decode.py run --folders $W/tp-models --out "$OUT" 2>&1 | grep -v -i "warn\|Loading" | tail -4
+    for tp in 2 3 4; do
+      [ "$N" -ge "$tp" ] && python3 -m torch.distributed.run --standalone --nproc-per-node $tp \
+        benchmarks/tp_decode.py run --folders $W/tp-models --out "$OUT" 2>&1 | grep -v -i "warn\|Loading" | tail -4
+    done
+    python3 benchmarks/tp_decode.py table --out "$OUT"
     ;;
   replicas)  # an nvidia-h200-x2 (or more): Ray Serve with 1 then 2 replicas, one GPU each (needs Ray: .whl4, .whlsplit)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader

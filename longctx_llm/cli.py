@@ -14,8 +14,16 @@ from . import registry
 from .errors import InputError, LongctxError, PluginError
 from .eval.options import parse_ints, parse_lengths
 from .eval.textdata import split_text
+from .runtime import tensor_parallel
 
 logger = logging.getLogger("longctx_llm")
+
+
+def _build_engine(config):
+    """A follower's engine for a pipeline rank 0 built (tensor parallel under torchrun)."""
+    from .runtime.engine import Engine
+
+    return Engine.from_config(config)
 
 
 def _cmd_run(args) -> int:
@@ -172,7 +180,7 @@ def _cmd_eval_ppl(args) -> int:
 
     lengths = parse_lengths(args.lengths)
     engine, ids = _eval_setup(args)
-    _print_rows(evaluate.perplexity(engine, ids, lengths), args.json)
+    _print_rows(tensor_parallel.call(evaluate.perplexity, engine, ids, lengths), args.json)
     return 0
 
 
@@ -184,7 +192,7 @@ def _cmd_eval_stream(args) -> int:
     if args.every <= 0:
         raise LongctxError(f"--every: must be > 0, got {args.every}")
     engine, ids = _eval_setup(args)
-    _print_rows(evaluate.stream(engine, ids, args.tokens, args.every), args.json)
+    _print_rows(tensor_parallel.call(evaluate.stream, engine, ids, args.tokens, args.every), args.json)
     return 0
 
 
@@ -194,8 +202,8 @@ def _cmd_eval_gap(args) -> int:
     contexts = parse_ints(args.context, "--context")
     engine, ids = _eval_setup(args)
     multiples = parse_ints(args.recent_multiples, "--recent-multiples")
-    rows = evaluate.gap(engine, ids, contexts, args.target, args.samples, turn_tokens=args.turn_tokens, seed=args.seed,
-                        recent_multiples=multiples)
+    rows = tensor_parallel.call(evaluate.gap, engine, ids, contexts, args.target, args.samples,
+                                turn_tokens=args.turn_tokens, seed=args.seed, recent_multiples=multiples)
     _print_rows(rows, args.json)
     return 0
 
@@ -209,7 +217,7 @@ def _cmd_eval_chat(args) -> int:
     if args.max_new_tokens <= 0:
         raise InputError(f"--max-new-tokens: must be > 0, got {args.max_new_tokens}")
     engine = Engine.from_config(load_config(args.pipeline))
-    rows = evaluate.chat_facts(engine, chats, args.max_new_tokens)
+    rows = tensor_parallel.call(evaluate.chat_facts, engine, chats, args.max_new_tokens)
     if args.json:
         _print_rows(rows, True)
     else:
@@ -224,8 +232,9 @@ def _cmd_eval_recall(args) -> int:
 
     contexts = parse_ints(args.context, "--context")
     engine, ids = _eval_setup(args)
-    rows = evaluate.recall(
-        engine, ids, contexts, args.span, args.cue, args.samples, turn_tokens=args.turn_tokens, seed=args.seed
+    rows = tensor_parallel.call(
+        evaluate.recall, engine, ids, contexts, args.span, args.cue, args.samples, turn_tokens=args.turn_tokens,
+        seed=args.seed,
     )
     _print_rows(rows, args.json)
     return 0
@@ -247,8 +256,8 @@ def _cmd_eval_passkey(args) -> int:
     if any(d > 1 for d in depths):
         raise LongctxError(f"--depths: percentages between 0 and 100, got {args.depths!r}")
     engine, _ = _eval_setup(args)
-    rows = evaluate.passkey(engine, lengths, depths, args.trials, filler_ids=_filler_ids(engine, args.filler),
-                            seed=args.seed)
+    rows = tensor_parallel.call(evaluate.passkey, engine, lengths, depths, args.trials,
+                                filler_ids=_filler_ids(engine, args.filler), seed=args.seed)
     _print_rows(rows, args.json)
     return 0
 
@@ -260,7 +269,8 @@ def _cmd_eval_speed(args) -> int:
     engine, ids = _eval_setup(args)
     if not ids:
         ids = list(range(1000, 1000 + 4096))  # no --text: a fixed token pattern (speed does not depend on content)
-    _print_rows(evaluate.speed(engine, ids, lengths, decode_tokens=args.decode_tokens), args.json)
+    rows = tensor_parallel.call(evaluate.speed, engine, ids, lengths, decode_tokens=args.decode_tokens)
+    _print_rows(rows, args.json)
     return 0
 
 
@@ -508,8 +518,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not isinstance(level, int):
         parser.error(f"--log-level: invalid level {args.log_level!r} (valid: DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.fn(args)
+    try:  # under torchrun: rank 0 runs the command, the other ranks follow its engine calls (model.tp)
+        return tensor_parallel.run_command(lambda: args.fn(args), _build_engine)
     except LongctxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

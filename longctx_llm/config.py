@@ -2,7 +2,7 @@
 
 A pipeline file declares the model, the strategy, the memory, generation defaults and the component::
 
-    model: {source: smollm2-135m-instruct, device: auto, dtype: auto}
+    model: {source: smollm2-135m-instruct, device: auto, dtype: auto}   # tp: 2 shards it over 2 devices
     strategy: {name: full}
     memory: {name: buffer}
     generation: {max_new_tokens: 128, temperature: 0.0}
@@ -45,6 +45,20 @@ class ModelConfig(_Strict):
         description="Run Python code shipped in the model folder (config.json auto_map). Off unless you trust the "
         "folder; never asked interactively.",
     )
+    tp: int = Field(
+        1,
+        ge=1,
+        description="Tensor parallel: shard the model over this many devices of one host (GPUs, or CPU processes), "
+        "each process computing its share of the attention heads; start the command with torchrun "
+        "--nproc-per-node TP (docs: README, Tensor parallel).",
+    )
+
+    @field_validator("tp", mode="before")
+    @classmethod
+    def _tp(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML's `tp: yes` is not a number of devices
+            raise ValueError("must be a number of processes (1, 2, ...)")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, LongctxError
+from ..runtime import tensor_parallel
 from . import evaluate, report
 from .options import parse_ints, parse_lengths
 from .textdata import split_text
@@ -69,24 +70,31 @@ def run(args) -> list[dict[str, Any]]:
         ids = engine.tokenize(text, add_special_tokens=False) if text else list(range(1000, 5096))
         for suite in suites:
             logger.info("compare: %s / %s", name, suite)
-            try:
-                if suite == "ppl":
-                    out = evaluate.perplexity(engine, ids, [n for n in lengths if n <= len(ids)])
-                elif suite == "gap":
-                    out = evaluate.gap(engine, ids, contexts, args.target, args.samples,
-                                       turn_tokens=args.turn_tokens, seed=args.seed)
-                elif suite == "recall":
-                    out = evaluate.recall(engine, ids, contexts, args.span, args.cue, args.samples,
-                                          turn_tokens=args.turn_tokens, seed=args.seed)
-                elif suite == "passkey":
-                    out = evaluate.passkey(engine, lengths, depths, args.trials, seed=args.seed)
-                else:
-                    out = evaluate.speed(engine, ids, lengths, decode_tokens=args.decode_tokens)
+            settings = {k: getattr(args, k) for k in ("target", "samples", "turn_tokens", "seed", "span", "cue",
+                                                      "trials", "decode_tokens")}
+            try:  # on every process of a tensor-parallel run (model.tp under torchrun)
+                out = tensor_parallel.call(run_suite, engine, suite, ids, lengths, contexts, depths, settings)
             except LongctxError as e:  # this pipeline cannot run this suite at all: say why, go on
                 out = [{"error": str(e)}]
             rows += [{"pipeline": name, "suite": suite, **r} for r in out]
     write(Path(args.out), rows, suites)
     return rows
+
+
+def run_suite(engine, suite: str, ids: list[int], lengths: list[int], contexts: list[int], depths: list[float],
+              o: dict[str, Any]) -> list[dict[str, Any]]:
+    """One suite's rows for one pipeline's engine (``o``: the command's settings)."""
+    if suite == "ppl":
+        return evaluate.perplexity(engine, ids, [n for n in lengths if n <= len(ids)])
+    if suite == "gap":
+        return evaluate.gap(engine, ids, contexts, o["target"], o["samples"], turn_tokens=o["turn_tokens"],
+                            seed=o["seed"])
+    if suite == "recall":
+        return evaluate.recall(engine, ids, contexts, o["span"], o["cue"], o["samples"], turn_tokens=o["turn_tokens"],
+                               seed=o["seed"])
+    if suite == "passkey":
+        return evaluate.passkey(engine, lengths, depths, o["trials"], seed=o["seed"])
+    return evaluate.speed(engine, ids, lengths, decode_tokens=o["decode_tokens"])
 
 
 def write(out: Path, rows: list[dict[str, Any]], suites: list[str]) -> None:

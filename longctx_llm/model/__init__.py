@@ -3,7 +3,9 @@
 - :mod:`.loading`: model sources (aliases of embedded models, HF folders, GGUF files de-quantised once into a cache),
   :class:`ModelHandle` (loaded lazily, shared per process) and :class:`LoadedModel` (model, tokenizer, facts);
 - :mod:`.hf_adapter`: the one adapter to transformers' modules: attention registration, RoPE (:class:`Rotary`), the
-  cache API, per-call forward hooks, :class:`ModelInfo`;
+  cache API, per-call forward hooks, :class:`ModelInfo`, tensor parallelism's seams;
+- :mod:`.parallel`: the processes of a tensor-parallel run (``model.tp`` under torchrun): which one this is, their
+  process group, and the checks ``tp`` passes before a model loads;
 - :mod:`.lora`: :class:`LoRA` projections applied through forward hooks (no module patching);
 - :mod:`.adapters`: trained adapter folders (``adapter.json`` card + safetensors) written and checked on load.
 
@@ -11,7 +13,7 @@ May import: torch, transformers, safetensors, gguf, :mod:`longctx_llm.errors` an
 the runtime (strategies, engine, sessions) above it: a strategy uses the model, not the other way round.
 """
 
-from . import adapters, hf_adapter, loading, lora
+from . import adapters, hf_adapter, loading, lora, parallel
 from .hf_adapter import ForwardHooks, ModelInfo, Rotary
 from .loading import (
     DEFAULT_MODEL,
@@ -44,6 +46,7 @@ __all__ = [
     "load_model",
     "loading",
     "lora",
+    "parallel",
     "resolve_source",
     "wrap_model",
 ]

@@ -14,6 +14,10 @@ The seams used (transformers 5.x):
   encoder's LoRA), values added after chosen decoder layers (RCC's per-layer injection), hidden states recorded at
   chosen positions (RCC's encoder). Hooks are registered for one forward call and removed after it, under the
   model's forward lock, so no module is patched and nothing outlives the call.
+- tensor parallelism (``DistributedConfig``, the model's ``tp_size``, its ``DTensor`` weights): transformers splits the
+  attention projections by heads, so the attention function sees this process's heads only (every strategy's
+  attention works from the tensors' shapes, and :class:`ModelInfo` counts heads per process); a projection hook sees
+  the whole projection, as on one process (:func:`installed` gathers a split input or output around it);
 - the RMSNorm classes of the Llama family (``FUSABLE_NORMS``): on a CUDA model each is replaced by a module holding
   it and its weight that runs one Triton kernel for inference (:mod:`longctx_llm.kernels.fused_norm`); nothing else is
   replaced.
@@ -238,7 +242,11 @@ def use_fused_norms(model, enabled: bool = True) -> int:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What strategies need to know about a model, read once from its config."""
+    """What strategies need to know about a model, read once from its config.
+
+    ``num_heads`` and ``num_kv_heads`` are the heads this process's attention computes: the model's, divided by
+    ``tp`` when the model is split over ``tp`` processes (tensor parallel).
+    """
 
     model_type: str
     pretraining_length: int
@@ -247,13 +255,15 @@ class ModelInfo:
     num_kv_heads: int
     head_dim: int
     rope_type: Optional[str]  # None: no rotary embedding (GPT-2, ALiBi models)
+    tp: int = 1
 
     @property
     def has_rope(self) -> bool:
         return self.rope_type is not None
 
 
-def model_info(config) -> ModelInfo:
+def model_info(config, tp: int = 1) -> ModelInfo:
+    """The facts of a model's config; with ``tp`` > 1, the heads of one of ``tp`` processes."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     mtype = getattr(text, "model_type", "unknown")
     heads = text.num_attention_heads
@@ -265,11 +275,79 @@ def model_info(config) -> ModelInfo:
         model_type=mtype,
         pretraining_length=int(getattr(text, "max_position_embeddings", 0) or 0),
         num_layers=text.num_hidden_layers,
-        num_heads=heads,
-        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        num_heads=heads // tp,
+        num_kv_heads=(getattr(text, "num_key_value_heads", None) or heads) // tp,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
         rope_type=rope_type,
+        tp=tp,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tensor parallel
+# --------------------------------------------------------------------------------------------------------------
+
+
+def tensor_parallel_config(tp: int):
+    """What ``from_pretrained`` takes to split a model over ``tp`` processes by the architecture's own plan."""
+    from transformers.distributed import DistributedConfig
+
+    return DistributedConfig(tp_size=tp, tp_plan="auto")
+
+
+def has_tp_plan(config) -> bool:
+    """Whether transformers knows how to split this architecture (its ``base_model_tp_plan``)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "base_model_tp_plan", None))
+
+
+def tensor_parallel_size(model) -> int:
+    """How many processes a loaded model is split over (1: not split)."""
+    return int(getattr(model, "tp_size", None) or 1)
+
+
+def _split(weight) -> Optional[tuple[Any, int]]:
+    """(device mesh, dim) of a projection weight split by tensor parallelism (0: by output, 1: by input), or None."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(weight, DTensor):
+        return None
+    for p in weight.placements:
+        if p.is_shard():
+            return weight.device_mesh, p.dim % weight.dim()
+    return None
+
+
+def _gather_last(local: torch.Tensor, mesh, size: int) -> torch.Tensor:
+    """The whole tensor of which every process holds a slice of the last dim (``size`` wide in all)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    shape = (*local.shape[:-1], size)
+    stride = torch.empty(shape, device="meta").stride()
+    whole = DTensor.from_local(local.contiguous(), mesh, [Shard(local.dim() - 1)], run_check=False, shape=shape,
+                               stride=stride)
+    return whole.full_tensor()
+
+
+def _own_slice(whole: torch.Tensor, mesh) -> torch.Tensor:
+    """This process's slice of the last dim of a tensor every process holds whole (the inverse of _gather_last)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    rep = DTensor.from_local(whole.contiguous(), mesh, [Replicate()], run_check=False)
+    return rep.redistribute(mesh, [Shard(whole.dim() - 1)]).to_local()
+
+
+def _whole_projection(module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """``fn(input, output)`` of a projection as on one process, wrapped for a projection split by tensor parallelism:
+    a projection split by output (q/k/v, gate/up) gets its output gathered and hands back its own slice; one split by
+    input (o, down) gets its input gathered (its output is already whole)."""
+    split = _split(getattr(module, "weight", None))
+    if split is None:
+        return fn
+    mesh, dim = split
+    if dim == 0:
+        return lambda x, out: _own_slice(fn(x, _gather_last(out, mesh, module.out_features)), mesh)
+    return lambda x, out: fn(_gather_last(x, mesh, module.in_features), out)
 
 
 def require_rope(info: ModelInfo, strategy: str) -> None:
@@ -579,11 +657,8 @@ def installed(model, hooks: Optional[ForwardHooks]):
             for i, layer in enumerate(layers):
                 for name in hooks.projections:
                     mod = layer.get_submodule(name)
-                    handles.append(
-                        mod.register_forward_hook(
-                            lambda m, args, out, i=i, name=name: hooks.projection(i, name, args[0], out)
-                        )
-                    )
+                    fn = _whole_projection(mod, lambda x, out, i=i, name=name: hooks.projection(i, name, x, out))
+                    handles.append(mod.register_forward_hook(lambda m, args, out, fn=fn: fn(args[0], out)))
         if hooks.layer_output is not None:
             for i, layer in enumerate(layers):
                 handles.append(

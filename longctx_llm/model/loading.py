@@ -5,6 +5,11 @@ every handle naming the same (source, device, dtype) shares that one loaded copy
 
 GGUF files are de-quantised by transformers on load, which takes ~30 s for the embedded model; the converted
 weights are cached under ``$LONGCTX_CACHE_DIR`` (default ``~/.cache/longctx-llm``) so later loads take < 1 s.
+
+With ``tp`` > 1 (``model.tp``, under torchrun) every process loads its shard through transformers' tensor parallelism
+(``from_pretrained`` with a ``DistributedConfig``): from the HF folder, or from a GGUF file's converted folder, which
+rank 0 writes while the others wait (:mod:`.parallel`). ``tp``, the processes, the device and the model's heads are
+checked before any weight is read.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from . import hf_adapter
+from . import hf_adapter, parallel
 
 logger = logging.getLogger(__name__)
 
@@ -267,11 +272,13 @@ def _eos_ids(tokenizer, model) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+               tp: int = 1) -> LoadedModel:
     """Load ``source`` (alias, HF dir or .gguf) onto ``device``; no network is ever used.
 
     ``trust_remote_code`` stays False unless a pipeline opts in (``model.trust_remote_code: true``): code shipped in
-    a model folder never runs otherwise, and nothing is ever asked on stdin.
+    a model folder never runs otherwise, and nothing is ever asked on stdin. ``tp`` > 1 loads this process's shard
+    of a model split over ``tp`` processes started by torchrun (:func:`_load_sharded`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -282,7 +289,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_rem
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    world = parallel.check_world(tp)
     resolved = resolve_source(source)
+    if tp > 1:
+        return _load_sharded(source, resolved, device, dtype, bool(trust_remote_code), tp, world)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     # never run a model folder's own Python (config.json "auto_map"); transformers would otherwise ask on stdin
@@ -296,13 +306,7 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_rem
             if (converted / "config.json").is_file():
                 directory, gguf = converted, None
         if gguf is not None:
-            logger.info("de-quantising %s (once; cached afterwards)", directory / gguf)
-            tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf, dtype=torch.float32, **kwargs)
-            try:
-                _save_converted(model, tokenizer, converted)
-            except OSError as e:  # a read-only home is fine: we just convert again next time
-                logger.warning("could not cache the converted GGUF model at %s: %s", converted, e)
+            model, tokenizer = _convert_gguf(directory, gguf, converted, kwargs)
             model = model.to(dt)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
@@ -312,6 +316,72 @@ def load_model(source: str, device: str = "auto", dtype: str = "auto", trust_rem
     except Exception as e:  # a corrupt or unsupported file fails in many ways (struct.error, KeyError...)
         raise ModelLoadError(f"could not load model {source!r}: {type(e).__name__}: {e}") from e
     return wrap_model(model.to(dev), tokenizer, source=source)
+
+
+def _convert_gguf(directory: Path, gguf: str, converted: Path, kwargs: dict):
+    """De-quantise a GGUF file (float32) and cache the result as a HF folder at ``converted``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("de-quantising %s (once; cached afterwards)", directory / gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf, dtype=torch.float32, **kwargs)
+    try:
+        _save_converted(model, tokenizer, converted)
+    except OSError as e:  # a read-only home is fine: we just convert again next time
+        logger.warning("could not cache the converted GGUF model at %s: %s", converted, e)
+    return model, tokenizer
+
+
+def _load_sharded(source: str, resolved: ResolvedSource, device: str, dtype: str, trust_remote_code: bool,
+                  tp: int, world: "parallel.World") -> LoadedModel:
+    """This process's shard of a model split over ``tp`` processes by transformers' tensor parallelism.
+
+    Checked first, on every process alike (so all fail together, before any weight is read): the device each
+    process takes, and that ``tp`` divides the model's attention and key/value heads. A GGUF file loads from its
+    converted folder, which rank 0 writes once while the others wait.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = parallel.resolve_device(device, tp, world)
+    dt = resolve_dtype(dtype, dev)
+    kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    directory, gguf = resolved.directory, resolved.gguf_file
+    try:
+        if gguf is not None:
+            _check_gguf(directory / gguf)
+            config = AutoConfig.from_pretrained(str(directory), gguf_file=gguf, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(str(directory), **kwargs)
+    except Exception as e:  # noqa: BLE001 - an unreadable config fails in many ways
+        raise ModelLoadError(f"could not read the config of model {source!r}: {type(e).__name__}: {e}") from e
+    info = hf_adapter.model_info(config)
+    parallel.check_heads(tp, info.num_heads, info.num_kv_heads, hf_adapter.has_tp_plan(config), info.model_type)
+    parallel.initialize(world)
+    if gguf is not None:
+        converted = _gguf_cache_dir(directory / gguf)
+
+        def convert() -> None:
+            if not (converted / "config.json").is_file():
+                _convert_gguf(directory, gguf, converted, kwargs)
+            if not (converted / "config.json").is_file():
+                raise ModelLoadError(
+                    f"model.tp: {tp} loads GGUF files from their converted folder, which could not be written at "
+                    f"{converted}; set LONGCTX_CACHE_DIR to a writable folder"
+                )
+
+        parallel.on_leader(convert, world)
+        directory = converted
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), dtype=dt, distributed_config=hf_adapter.tensor_parallel_config(tp), **kwargs
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not load model {source!r} split over {tp} processes: "
+                             f"{type(e).__name__}: {e}") from e
+    return wrap_model(model, tokenizer, source=source)
 
 
 def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
@@ -329,7 +399,7 @@ def wrap_model(model, tokenizer, source: str = "<in-memory>") -> LoadedModel:
         device=param.device,
         dtype=param.dtype,
         source=source,
-        info=hf_adapter.model_info(model.config),
+        info=hf_adapter.model_info(model.config, hf_adapter.tensor_parallel_size(model)),
         eos_token_ids=_eos_ids(tokenizer, model),
     )
 
@@ -342,14 +412,18 @@ class ModelHandle:
     """A lazy reference to a model; handles naming the same model share one loaded copy."""
 
     def __init__(self, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, tp: int = 1):
         self.source, self.device, self.dtype = source, device, dtype
         self.trust_remote_code = bool(trust_remote_code)
+        self.tp = tp  # processes the model is split over (checked when it loads)
         self._loaded: Optional[LoadedModel] = None
 
     def _key(self) -> tuple:
+        if self.tp > 1:  # the device is each process's own; load_model checks it with the rest
+            return (resolve_source(self.source).key, self.device, self.dtype, self.trust_remote_code, self.tp)
         dev = resolve_device(self.device)
-        return (resolve_source(self.source).key, str(dev), str(resolve_dtype(self.dtype, dev)), self.trust_remote_code)
+        return (resolve_source(self.source).key, str(dev), str(resolve_dtype(self.dtype, dev)), self.trust_remote_code,
+                1)
 
     @property
     def is_loaded(self) -> bool:
@@ -360,15 +434,18 @@ class ModelHandle:
             key = self._key()
             with _LOAD_LOCK:
                 if key not in _LOADED:
-                    _LOADED[key] = load_model(self.source, self.device, self.dtype, self.trust_remote_code)
+                    _LOADED[key] = load_model(self.source, self.device, self.dtype, self.trust_remote_code, self.tp)
                 self._loaded = _LOADED[key]
         return self._loaded
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "ModelHandle":
-        h = cls(loaded.source, str(loaded.device), {v: k for k, v in DTYPES.items() if v}.get(loaded.dtype, "auto"))
+        h = cls(loaded.source, str(loaded.device), {v: k for k, v in DTYPES.items() if v}.get(loaded.dtype, "auto"),
+                tp=loaded.info.tp)
         h._loaded = loaded
         return h
 
     def __repr__(self) -> str:
-        return f"ModelHandle({self.source!r}, device={self.device!r}, dtype={self.dtype!r}, loaded={self.is_loaded})"
+        tp = f", tp={self.tp}" if self.tp != 1 else ""
+        return (f"ModelHandle({self.source!r}, device={self.device!r}, dtype={self.dtype!r}{tp}, "
+                f"loaded={self.is_loaded})")

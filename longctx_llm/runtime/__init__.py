@@ -10,6 +10,8 @@
 - :mod:`.memory`: the memory contract (:class:`Memory`, :class:`MemoryState`);
 - :mod:`.templates`: chat messages and the tokenizer's chat template;
 - :mod:`.restore`: checks every strategy's ``load_state_dict`` applies to an untrusted saved state;
+- :mod:`.tensor_parallel`: the processes of a ``model.tp`` run under ``torchrun -m longctx_llm.cli`` kept in step
+  (rank 0 sends each model-running engine call to the others, which run it on engines of their own);
 - :mod:`.aio`: running the engine's blocking calls from asyncio; :mod:`.progress`: progress bars.
 
 May import: torch, pydantic, :mod:`longctx_llm.errors`, :mod:`longctx_llm.config`, :mod:`longctx_llm.registry`,
@@ -17,7 +19,7 @@ May import: torch, pydantic, :mod:`longctx_llm.errors`, :mod:`longctx_llm.config
 not the core: strategies and memories plug in by name through the registry, the engine never imports one.
 """
 
-from . import aio, restore, session, templates
+from . import aio, restore, session, templates, tensor_parallel
 from .compose import StackedStrategy
 from .engine import Engine
 from .fast_decode import FastDecodeOptions, fast_decode_defaults
@@ -55,4 +57,5 @@ __all__ = [
     "run_to_end",
     "session",
     "templates",
+    "tensor_parallel",
 ]

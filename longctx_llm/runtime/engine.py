@@ -24,7 +24,7 @@ from .. import registry
 from ..config import BatchingConfig, GenerationConfig, PipelineConfig, PluginConfig, format_validation_error, validate_plugin_options
 from ..errors import ConfigError, ContextWindowError, InputError
 from ..model.loading import DEFAULT_MODEL, LoadedModel, ModelHandle
-from . import templates
+from . import templates, tensor_parallel
 from .completion import Completions
 from .conversation import Conversations
 from .decoding import Decoding
@@ -109,13 +109,17 @@ class Engine(Completions, Conversations, SessionStore, Decoding):
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "Engine":
-        return cls(
-            ModelHandle(config.model.source, config.model.device, config.model.dtype, config.model.trust_remote_code),
+        """The engine a pipeline declares (nothing loaded yet); under ``torchrun -m longctx_llm.cli`` with
+        ``model.tp`` > 1, rank 0's engine runs every model call on all the processes (:mod:`.tensor_parallel`)."""
+        m = config.model
+        engine = cls(
+            ModelHandle(m.source, m.device, m.dtype, m.trust_remote_code, tp=m.tp),
             strategy=config.strategy,
             memory=config.memory,
             generation=config.generation,
             batching=config.batching,
         )
+        return tensor_parallel.adopt(engine, config)
 
     # ---- model ---------------------------------------------------------------------------------------------
     @property

@@ -58,10 +58,15 @@ def cuda_graphs_available(model) -> bool:
 
 
 def fast_decode_defaults(model, static_cache: Optional[bool], cuda_graphs: Optional[bool]) -> tuple[bool, bool]:
-    """Resolve a growing-cache strategy's ``static_cache`` / ``cuda_graphs`` options (None = on exactly on CUDA)."""
+    """Resolve a growing-cache strategy's ``static_cache`` / ``cuda_graphs`` options (None = on exactly on CUDA).
+
+    A model split over several processes (tensor parallel) defaults to no CUDA graphs: its forwards hold NCCL
+    collectives, which graphs replay only with care that has not been measured here (``cuda_graphs: true`` asks
+    for them anyway)."""
     on_cuda = cuda_graphs_available(model)
     static = on_cuda if static_cache is None else bool(static_cache)
-    graphs = (on_cuda and static) if cuda_graphs is None else bool(cuda_graphs)
+    alone = getattr(getattr(model, "info", None), "tp", 1) == 1
+    graphs = (on_cuda and static and alone) if cuda_graphs is None else bool(cuda_graphs)
     return static, graphs
 
 

@@ -66,7 +66,15 @@ class SessionStore:
             "memory": self.memory.describe(),
         }
 
+    def _check_whole_model(self, what: str) -> None:
+        if getattr(self.model_handle, "tp", 1) > 1:
+            raise SessionError(
+                f"{what}: sessions cannot be saved or restored with model.tp: {self.model_handle.tp} (each process "
+                "holds the cache of its own attention heads); valid: model.tp: 1"
+            )
+
     def save_session(self, session_id: str, directory, *, overwrite: bool = False) -> str:
+        self._check_whole_model("save_session")
         with self._sessions_lock:
             if session_id not in self._sessions:
                 raise SessionError(f"no session {session_id!r} (sessions: {', '.join(self._sessions) or 'none'})")
@@ -75,6 +83,7 @@ class SessionStore:
 
     def load_session(self, directory, session_id: Optional[str] = None) -> Session:
         """Restore a saved session (optionally under a new id); replaces a live session of that id."""
+        self._check_whole_model("load_session")
         doc, s_tensors, m_tensors = read_session(directory)
         where = str(directory)
         check_compatible(doc, self._header(), where)
