@@ -185,12 +185,12 @@ case "${1:-}" in
   mix-wait)
     end=$((SECONDS + ${2:-500}))
     while [ $SECONDS -lt $end ]; do
-      pgrep -f "longctx_llm.cli train" >/dev/null || break
+      pgrep -f "longctx_llm[.]cli .*train (ccm|rcc)" >/dev/null || break
       sleep 15
     done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     for f in ccm rcc; do echo "== $f"; grep -v -i "warn\|Loading" $W/mix-$f.log | grep -v '^ ' | tail -6; done
-    if ! pgrep -f "longctx_llm.cli train" >/dev/null; then
+    if ! pgrep -f "longctx_llm[.]cli .*train (ccm|rcc)" >/dev/null; then
       [ -f $W/mix-ccm/adapter.json ] && pack $W/mix-ccm mix-ccm
       [ -f $W/mix-rcc/adapter.json ] && pack $W/mix-rcc mix-rcc
       (cd $W && tar -cf "$OUT/mix-logs.tar" mix-*.log mix-*/adapter.json 2>/dev/null)

@@ -18,10 +18,12 @@ its stream early frees its row at the next step; the other rows are untouched.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -33,6 +35,25 @@ from .batch_pool import Pool, append_entries, poolable
 from .generation import Completion, Delta, RowDecoder, make_generator, sample
 
 logger = logging.getLogger(__name__)
+
+#: every scheduler alive, stopped at interpreter exit
+_LIVE: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+
+
+def _piece_length(req: "Request", budget: int) -> int:
+    """How much of the prompt to feed this step: the budget, cut to the state's alignment (at least one aligned
+    piece, so a prompt always moves on)."""
+    left = len(req.feed) - req.prefilled
+    align = getattr(req.state, "prefill_align", None)
+    if budget >= left or not align:
+        return min(budget, left)
+    return min(left, max(align, budget // align * align))
+
+
+@atexit.register
+def _stop_all() -> None:
+    for scheduler in list(_LIVE):
+        scheduler.stop()
 
 
 @dataclass(eq=False)
@@ -77,6 +98,8 @@ class Scheduler:
         self._running: list[Request] = []
         self._thread: Optional[threading.Thread] = None
         self._serial_logged = False
+        self._stopping = False
+        _LIVE.add(self)
         self.steps = 0  # decode forwards run (pooled forwards count once)
 
     # ---- the callers' side ---------------------------------------------------------------------------------------
@@ -96,12 +119,23 @@ class Scheduler:
                     "try again shortly"
                 )
             req.t0 = time.perf_counter()
+            self._stopping = False
             self._waiting.append(req)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="longctx-batching", daemon=True)
                 self._thread.start()
             self._cond.notify()
         return self._deltas(req)
+
+    def stop(self, wait_s: float = 10.0) -> None:
+        """End the thread once nothing runs (at interpreter exit: a daemon thread still inside a torch call when
+        Python finalizes aborts the process)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait_s)
 
     def _deltas(self, req: Request) -> Iterator[Delta]:
         try:
@@ -136,7 +170,7 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._waiting and not self._running:
-                    if not self._cond.wait(timeout=30.0) and not self._waiting and not self._running:
+                    if self._stopping or (not self._cond.wait(timeout=30.0) and not self._waiting and not self._running):
                         self._thread = None  # idle: the next submit starts a thread again
                         return
                 while self._waiting and len(self._running) < self.options.max_batch:
@@ -159,7 +193,7 @@ class Scheduler:
         budget = self.options.max_batch_tokens
         for req in running:
             if req.prefilled < len(req.feed) and budget > 0:
-                piece = req.feed[req.prefilled : req.prefilled + budget]
+                piece = req.feed[req.prefilled : req.prefilled + _piece_length(req, budget)]
                 try:
                     if not req.prefilled:  # the reply included: a preallocated cache never grows while decoding
                         need = req.state.seen + len(req.feed) + req.params.max_new_tokens

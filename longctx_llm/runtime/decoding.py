@@ -3,11 +3,14 @@
 :class:`Decoding` is one part of :class:`~.engine.Engine`: every chat and completion hands its prepared state and
 prompt tokens to :meth:`Decoding._decode`. With ``batching.max_batch`` above 1 (the default, 16) the reply goes to
 the engine's :class:`~.batching.Scheduler`; with 1 it runs in the caller's thread through
-:func:`~.generation.generate`, as it did before the scheduler existed.
+:func:`~.generation.generate`, as it did before the scheduler existed. A model split over several processes
+(``model.tp`` > 1) decodes one reply at a time: its processes replay rank 0's engine calls in order
+(:mod:`.tensor_parallel`), which a scheduler thread running forwards of its own would break.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator, Optional
 
 import torch
@@ -15,6 +18,8 @@ import torch
 from ..config import BatchingConfig, GenerationConfig
 from .batching import Scheduler
 from .generation import Delta, generate
+
+logger = logging.getLogger(__name__)
 
 
 class Decoding:
@@ -25,8 +30,13 @@ class Decoding:
 
     @property
     def scheduler(self) -> Optional[Scheduler]:
-        """The batch scheduler (None when ``batching.max_batch`` is 1)."""
+        """The batch scheduler (None when ``batching.max_batch`` is 1 or the model is tensor parallel)."""
         if self.batching.max_batch <= 1:
+            return None
+        if getattr(self.model_handle, "tp", 1) > 1:
+            if not getattr(self, "_said_serial", False):
+                self._said_serial = True
+                logger.info("batching: off under model.tp: %d (replies run one at a time)", self.model_handle.tp)
             return None
         if self._scheduler is None:
             self._scheduler = Scheduler(self.strategy, self.loaded, self.batching)

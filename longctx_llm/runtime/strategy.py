@@ -130,6 +130,11 @@ class StrategyState(ABC):
     #: whether memories may edit the cache (:meth:`~.kv_edits.KVCacheEdits.compact_tail` and friends)
     editable: bool = False
 
+    #: None when a prompt fed in pieces of any length leaves the state it leaves fed at once; else N: it does so
+    #: only for pieces that start at multiples of N tokens from the prompt's start (a state that evicts between its
+    #: own pieces of N, as StreamingLLM's window). The batch scheduler cuts prompts accordingly.
+    prefill_align: Optional[int] = None
+
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise SessionError(f"{type(self).__name__} does not support saving")
 

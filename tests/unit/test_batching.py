@@ -3,7 +3,10 @@ strategy; rows join and leave between steps; a reader that stops early frees its
 
 from __future__ import annotations
 
+import types
+
 import pytest
+import torch
 
 from longctx_llm import Engine
 from longctx_llm.errors import BusyError
@@ -67,3 +70,31 @@ def test_bad_batching_options_are_config_errors(peaked):
         Engine(peaked, batching={"max_batch": 0})
     with pytest.raises(ConfigError, match="batching.max_batch_tokens"):
         Engine(peaked, batching={"max_batch_tokens": -1})
+
+
+
+def test_prompt_pieces_keep_a_sliding_windows_boundaries(tiny_model):
+    """StreamingLLM evicts between its own prefill pieces, so where a prompt is cut changes what its tokens saw: the
+    scheduler cuts at multiples of the state's ``prefill_align`` whatever ``max_batch_tokens`` is, and the state then
+    equals the one fed the whole prompt at once."""
+    from longctx_llm.runtime.batching import _piece_length
+
+    model = tiny_model()
+    strategy = Engine(model, strategy=STRATEGIES["streaming"]).strategy
+    ids = torch.randint(3, 200, (1, 70), generator=torch.Generator().manual_seed(0))
+
+    def fed_in_pieces(budget, align):
+        state = strategy.new_state(model, 1)
+        state.prefill_align = align
+        req = types.SimpleNamespace(feed=ids[0].tolist(), prefilled=0, state=state)
+        while req.prefilled < ids.shape[1]:
+            n = _piece_length(req, budget)
+            logits = state.forward(ids[:, req.prefilled : req.prefilled + n])[0, -1]
+            req.prefilled += n
+        return logits
+
+    whole = strategy.new_state(model, 1).forward(ids)[0, -1]
+    assert strategy.new_state(model, 1).prefill_align == 16
+    torch.testing.assert_close(fed_in_pieces(20, 16), whole)
+    torch.testing.assert_close(fed_in_pieces(7, 16), whole)  # a budget under one piece still moves a whole piece
+    assert not torch.allclose(fed_in_pieces(20, None), whole)  # cut anywhere, the window would hold other values

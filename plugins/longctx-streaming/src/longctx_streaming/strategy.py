@@ -42,6 +42,7 @@ class _SinkWindowState(KVCacheState):
         self.options = options
         graphs = options.cuda_graphs and self.graphable
         super().__init__(model, batch_size, prefill_chunk_size=options.piece, cuda_graphs=graphs)
+        self.prefill_align = options.piece  # the window evicts between pieces: their boundaries change the cache
 
     def _rotary(self) -> hf_adapter.Rotary:
         return hf_adapter.Rotary(inv_freq=self.model.rotary.inv_freq.to(self.model.device))
