@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from . import registry
 from .errors import InputError, LongctxError, PluginError
-from .eval.options import parse_ints, parse_lengths
+from .eval.options import KEY_NLL_HELP, SAME_TOKENS_HELP, parse_ints, parse_lengths
 from .eval.textdata import split_text
 from .runtime import tensor_parallel
 
@@ -180,7 +180,8 @@ def _cmd_eval_ppl(args) -> int:
 
     lengths = parse_lengths(args.lengths)
     engine, ids = _eval_setup(args)
-    _print_rows(tensor_parallel.call(evaluate.perplexity, engine, ids, lengths), args.json)
+    _print_rows(tensor_parallel.call(evaluate.perplexity, engine, ids, lengths, same_tokens=args.same_tokens),
+                args.json)
     return 0
 
 
@@ -257,7 +258,7 @@ def _cmd_eval_passkey(args) -> int:
         raise LongctxError(f"--depths: percentages between 0 and 100, got {args.depths!r}")
     engine, _ = _eval_setup(args)
     rows = tensor_parallel.call(evaluate.passkey, engine, lengths, depths, args.trials,
-                                filler_ids=_filler_ids(engine, args.filler), seed=args.seed)
+                                filler_ids=_filler_ids(engine, args.filler), seed=args.seed, key_nll=args.key_nll)
     _print_rows(rows, args.json)
     return 0
 
@@ -456,6 +457,7 @@ examples (pipelines in examples/pipelines/):
 
     ppl = eval_parser("ppl", "perplexity of the first N tokens of a text file at each length")
     ppl.add_argument("--lengths", default="4096", help="comma-separated token counts, e.g. 4096,16384")
+    ppl.add_argument("--same-tokens", action="store_true", help=SAME_TOKENS_HELP)
     ppl.set_defaults(fn=_cmd_eval_ppl)
     st = eval_parser("stream", "stream N tokens of a text file; perplexity of each successive K-token segment")
     st.add_argument("--tokens", type=int, default=16384, help="tokens of the text to stream (N)")
@@ -492,6 +494,7 @@ examples (pipelines in examples/pipelines/):
     pk.add_argument("--trials", type=int, default=2, help="keys per length and depth")
     pk.add_argument("--filler", default="classic", help="classic ('The grass is green...'), or a text file")
     pk.add_argument("--seed", type=int, default=0)
+    pk.add_argument("--key-nll", action="store_true", help=KEY_NLL_HELP)
     pk.set_defaults(fn=_cmd_eval_passkey)
     sp = eval_parser("speed", "prefill time, decode tokens/s and peak memory per prompt length", text_required=False)
     sp.add_argument("--lengths", default="4096,8192", help="prompt lengths in tokens")

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import InputError, LongctxError
 from ..runtime import tensor_parallel
 from . import evaluate, report
-from .options import parse_ints, parse_lengths
+from .options import KEY_NLL_HELP, SAME_TOKENS_HELP, parse_ints, parse_lengths
 from .textdata import split_text
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default=None, help="a .txt file, or .jsonl[.gz] with a 'text' field per line")
     p.add_argument("--split", choices=("all", "heldout", "train"), default="all", help="which part of --text")
     p.add_argument("--lengths", default="4096,8192", help="lengths for ppl, passkey and speed")
+    p.add_argument("--same-tokens", action="store_true", help=f"ppl: {SAME_TOKENS_HELP}")
     p.add_argument("--context", default="1024", help="context lengths for gap and recall")
     p.add_argument("--target", type=int, default=128, help="gap: target tokens")
     p.add_argument("--span", type=int, default=64, help="recall: tokens to reproduce")
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
     p.add_argument("--trials", type=int, default=2, help="passkey: keys per length and depth")
     p.add_argument("--depths", default="10,50,90", help="passkey: depths, percent")
+    p.add_argument("--key-nll", action="store_true", help=f"passkey: {KEY_NLL_HELP}")
     p.add_argument("--decode-tokens", type=int, default=32, help="speed: tokens decoded after the prompt")
     p.add_argument("--out", default="compare-out", help="folder for results.json, results.csv and plots")
     p.add_argument("--seed", type=int, default=0)
@@ -71,7 +73,7 @@ def run(args) -> list[dict[str, Any]]:
         for suite in suites:
             logger.info("compare: %s / %s", name, suite)
             settings = {k: getattr(args, k) for k in ("target", "samples", "turn_tokens", "seed", "span", "cue",
-                                                      "trials", "decode_tokens")}
+                                                      "trials", "decode_tokens", "same_tokens", "key_nll")}
             try:  # on every process of a tensor-parallel run (model.tp under torchrun)
                 out = tensor_parallel.call(run_suite, engine, suite, ids, lengths, contexts, depths, settings)
             except LongctxError as e:  # this pipeline cannot run this suite at all: say why, go on
@@ -85,7 +87,7 @@ def run_suite(engine, suite: str, ids: list[int], lengths: list[int], contexts: 
               o: dict[str, Any]) -> list[dict[str, Any]]:
     """One suite's rows for one pipeline's engine (``o``: the command's settings)."""
     if suite == "ppl":
-        return evaluate.perplexity(engine, ids, [n for n in lengths if n <= len(ids)])
+        return evaluate.perplexity(engine, ids, [n for n in lengths if n <= len(ids)], same_tokens=o["same_tokens"])
     if suite == "gap":
         return evaluate.gap(engine, ids, contexts, o["target"], o["samples"], turn_tokens=o["turn_tokens"],
                             seed=o["seed"])
@@ -93,7 +95,7 @@ def run_suite(engine, suite: str, ids: list[int], lengths: list[int], contexts: 
         return evaluate.recall(engine, ids, contexts, o["span"], o["cue"], o["samples"], turn_tokens=o["turn_tokens"],
                                seed=o["seed"])
     if suite == "passkey":
-        return evaluate.passkey(engine, lengths, depths, o["trials"], seed=o["seed"])
+        return evaluate.passkey(engine, lengths, depths, o["trials"], seed=o["seed"], key_nll=o["key_nll"])
     return evaluate.speed(engine, ids, lengths, decode_tokens=o["decode_tokens"])
 
 

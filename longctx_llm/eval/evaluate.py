@@ -195,7 +195,12 @@ def _fits_plain(engine, n: int) -> bool:
 # ---- perplexity ---------------------------------------------------------------------------------------------------
 
 
-def perplexity(engine, ids: Sequence[int], lengths: Sequence[int]) -> list[dict[str, Any]]:
+def perplexity(engine, ids: Sequence[int], lengths: Sequence[int], *,
+               same_tokens: bool = False) -> list[dict[str, Any]]:
+    """Perplexity of the first N tokens of the text, per length N; with ``same_tokens``, of the same tokens at
+    every length (:func:`perplexity_same_tokens`)."""
+    if same_tokens:
+        return perplexity_same_tokens(engine, ids, lengths)
     rows = []
     device = engine.loaded.device
     for n in lengths:
@@ -210,6 +215,45 @@ def perplexity(engine, ids: Sequence[int], lengths: Sequence[int]) -> list[dict[
             "strategy": engine.strategy.name, "length": n, "ppl": round(math.exp(nll.mean().item()), 4),
             "tokens_per_s": round(n / dt, 1), "peak_memory_mib": round(peak.mib, 1),
         })
+    return rows
+
+
+def perplexity_same_tokens(engine, ids: Sequence[int], lengths: Sequence[int]) -> list[dict[str, Any]]:
+    """Perplexity of the same tokens at every length, so that only the context changes between lengths.
+
+    The first max(lengths) tokens are cut into consecutive windows of N tokens for each length N, and every window
+    is scored from scratch (a token's context is the tokens before it in its window). The perplexity is over the
+    tokens that start no window at any length: the same token set at every length.
+    """
+    m = max(lengths)
+    if m > len(ids):
+        raise InputError(f"--lengths: {m} exceeds the {len(ids)} tokens of the text")
+    stretch = torch.as_tensor(list(ids[:m]), dtype=torch.long)
+    pos = torch.arange(m)
+    common = torch.ones(m, dtype=torch.bool)
+    for n in lengths:
+        _check_positive(length=n)
+        common &= pos % n != 0
+    device = engine.loaded.device
+    rows = []
+    for n in lengths:
+        row: dict[str, Any] = {"strategy": engine.strategy.name, "length": n, "windows": math.ceil(m / n),
+                               "scored_tokens": int(common.sum())}
+        nll = torch.full((m,), float("nan"))
+        try:
+            with Peak(device) as peak:
+                t0 = time.perf_counter()
+                for start in range(0, m - 1, n):
+                    window = stretch[start : start + n]
+                    nll[start + 1 : start + window.numel()] = engine.score(window, chunk_size=min(n, 4096))
+                _sync(device)
+                dt = time.perf_counter() - t0
+        except LongctxError as e:
+            rows.append({**row, "error": str(e)})
+            continue
+        row.update({"ppl": round(math.exp(nll[common].double().mean().item()), 4), "tokens_per_s": round(m / dt, 1),
+                    "peak_memory_mib": round(peak.mib, 1)})
+        rows.append(row)
     return rows
 
 
@@ -466,7 +510,10 @@ def passkey_prompt(engine, n: int, depth: float, key: str, filler_ids: Optional[
 
 
 def passkey(engine, lengths: Sequence[int], depths: Sequence[float], trials: int, *,
-            filler_ids: Optional[list[int]] = None, new_tokens: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+            filler_ids: Optional[list[int]] = None, new_tokens: int = 8, seed: int = 0,
+            key_nll: bool = False) -> list[dict[str, Any]]:
+    """Greedy retrieval of a key per (length, depth, trial); ``key_nll`` also scores the key teacher-forced after
+    the prompt: the mean NLL per key token, a graded figure beside the all-or-nothing answer (one more prefill)."""
     _check_positive(trials=trials, new_tokens=new_tokens)
     rng = random.Random(seed)
     rows = []
@@ -474,6 +521,7 @@ def passkey(engine, lengths: Sequence[int], depths: Sequence[float], trials: int
         _check_positive(length=n)
         keys = [(d, str(rng.randint(10000, 99999))) for d in depths for _ in range(trials)]
         by_depth: dict[str, list[int]] = {}
+        nlls: list[float] = []
         try:
             with progress_bar(total=len(keys), desc=f"passkey {n}", unit="trial", enabled=True) as bar:
                 for d, key in keys:
@@ -481,6 +529,9 @@ def passkey(engine, lengths: Sequence[int], depths: Sequence[float], trials: int
                     engine.check_fits(len(ids) + new_tokens)
                     text = engine.complete_ids(ids, max_new_tokens=new_tokens).text
                     by_depth.setdefault(f"{round(d * 100)}%", []).append(int(key in text))
+                    if key_nll:
+                        key_ids = engine.tokenize(" " + key, add_special_tokens=False)
+                        nlls.append(engine.score(ids + key_ids, chunk_size=4096)[-len(key_ids) :].mean().item())
                     bar.update(1)
         except LongctxError as e:
             rows.append({"length": n, "error": str(e)})
@@ -488,6 +539,7 @@ def passkey(engine, lengths: Sequence[int], depths: Sequence[float], trials: int
         allhits = [h for v in by_depth.values() for h in v]
         rows.append({
             "length": n, "accuracy": round(sum(allhits) / len(allhits), 4), "trials": len(allhits),
+            **({"key_nll": round(sum(nlls) / len(nlls), 4)} if nlls else {}),
             "by_depth": {k: round(sum(v) / len(v), 4) for k, v in by_depth.items()},
         })
     return rows

@@ -1,4 +1,5 @@
-"""The eval commands' comma-separated values (``--lengths 4096,8192``, ``--context``, ``--depths``)."""
+"""The eval commands' comma-separated values (``--lengths 4096,8192``, ``--context``, ``--depths``) and the help of
+the flags that ``longctx eval compare`` shares with one command."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 
 def parse_lengths(text: str) -> list[int]:
     return parse_ints(text, "--lengths", minimum=2)
+
+
+SAME_TOKENS_HELP = ("score the same tokens at every length: the first max(--lengths) tokens in consecutive windows of "
+                    "each length, each window from scratch, so only the context changes between lengths")
+KEY_NLL_HELP = "also score the key teacher-forced after the prompt: mean NLL per key token (one more prefill per trial)"

@@ -34,6 +34,34 @@ def test_ppl_and_stream_report_speed_and_memory(pipeline, capsys):
     assert all(r["tokens_per_s"] > 0 for r in rows)
 
 
+def test_ppl_same_tokens_scores_one_token_set_at_every_length(pipeline, capsys):
+    """--same-tokens: the first max(lengths) tokens in windows of each length; the tokens that start no window."""
+    import math
+
+    import torch
+
+    from longctx_llm import Engine
+    from longctx_llm.config import load_config
+
+    rows = run_json(capsys, "ppl", pipeline(), "--text", TEXT, "--lengths", "32,64,128", "--same-tokens")
+    assert [(r["length"], r["windows"]) for r in rows] == [(32, 4), (64, 2), (128, 1)]
+    assert {r["scored_tokens"] for r in rows} == {124}  # 128 tokens less positions 0, 32, 64, 96
+    engine = Engine.from_config(load_config(pipeline()))
+    ids = engine.tokenize(open(TEXT).read(), add_special_tokens=False)[:128]
+    nll = engine.score(ids)  # one window of 128: NLL of tokens 1..127
+    kept = torch.tensor([p % 32 != 0 for p in range(1, 128)])
+    assert rows[2]["ppl"] == pytest.approx(math.exp(nll[kept].double().mean().item()), rel=1e-4)
+    assert rows[0]["ppl"] != rows[2]["ppl"]  # less context, same tokens
+
+
+def test_passkey_key_nll_in_the_command_and_in_compare(pipeline, tmp_path, capsys):
+    rows = run_json(capsys, "passkey", pipeline(), "--lengths", "120", "--depths", "50", "--trials", "1", "--key-nll")
+    assert rows[0]["key_nll"] > 0 and "accuracy" in rows[0]
+    assert cli.main(["eval", "compare", "--pipelines", pipeline(), "--suite", "passkey", "--lengths", "120",
+                     "--depths", "50", "--trials", "1", "--key-nll", "--out", str(tmp_path / "cmp")]) == 0
+    assert "key_nll" in capsys.readouterr().out
+
+
 def test_gap_of_plain_attention_within_its_window_is_one(pipeline, capsys):
     rows = run_json(capsys, "gap", pipeline(), "--text", TEXT, "--context", "64,128", "--target", "16",
                     "--samples", "2")
