@@ -108,26 +108,6 @@ def random_llama(args, tokenizer, device, dtype, max_positions: int = 8192):
     return wrap_model(model, tokenizer, source="random-llama-8b-shape")
 
 
-#: benchmark variants of the long-context strategies: name -> (strategy, fixed options)
-VARIANTS = {
-    "full": ("full", {}),  # plain attention, given a window as long as the longest length (measured past L)
-    "dca": ("dca", {}),
-    "dca_temp": ("dca", {"temperature_scaling": True}),  # DCA with YaRN-style logit scaling past L (DCA §3.3)
-}
-
-
-def add_variant_args(p, default: str = "full,dca") -> None:
-    """``--variants`` (names of :data:`VARIANTS`) and the DCA size overrides shared by the DCA benchmarks."""
-    p.add_argument("--variants", "--strategies", dest="variants", default=default,
-                   help=f"comma-separated, of {', '.join(VARIANTS)} (dca_temp: DCA with temperature_scaling); a "
-                        "variant may carry strategy options after slashes, e.g. dca/chunk_size=2048/local_window=256")
-    p.add_argument("--dca-chunk-size", type=int, default=None, help="override DCA's chunk_size")
-    p.add_argument("--dca-local-window", type=int, default=None, help="override DCA's local_window")
-    p.add_argument("--dca-pretraining-length", type=int, default=None,
-                   help="pretend the model's pretraining length L is this (DCA's sizes and temperature follow it): "
-                        "makes DCA chunk at the small lengths of a CPU dry run")
-
-
 def _option_value(text: str):
     """An inline option's value: int, float, true/false, or the text itself."""
     low = text.lower()
@@ -139,33 +119,6 @@ def _option_value(text: str):
         except ValueError:
             pass
     return text
-
-
-def variant_specs(args, max_length: int) -> dict[str, dict]:
-    """Strategy specs (for ``Engine(strategy=...)``) of ``args.variants``, each with a window of ``max_length``.
-
-    A variant is a name of :data:`VARIANTS`, optionally followed by ``/option=value`` pairs that override its
-    strategy options (the whole text is the variant's label): ``dca/chunk_size=2048/local_window=256``.
-    """
-    specs = {}
-    for label in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        name, *pairs = label.split("/")
-        if name not in VARIANTS:
-            raise SystemExit(f"--variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
-        strategy, fixed = VARIANTS[name]
-        spec = {"name": strategy, "max_length": max_length, **fixed}
-        if strategy == "dca":
-            for opt in ("chunk_size", "local_window", "pretraining_length"):
-                value = getattr(args, f"dca_{opt}")
-                if value:
-                    spec[opt] = value
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise SystemExit(f"--variants: {label!r}: expected option=value after '/', got {pair!r}")
-            spec[key] = _option_value(value)
-        specs[label] = spec
-    return specs
 
 
 def load_tokenizer(tokenizer_dir=None, model: str = "smollm2-135m-instruct"):

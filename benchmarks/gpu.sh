@@ -24,6 +24,11 @@
 #                                     them from their checkpoints in /root/train/sweep-NAME.
 #   bash benchmarks/gpu.sh memory     where RCC's peak GPU memory goes at 128k (the allocator's history), then RCC
 #                                     against plain attention's peak at 32k and 128k
+#   bash benchmarks/gpu.sh dca        DCA beside plain attention past its window (SmolLM2): perplexity of the same
+#                                     tokens at 4k..128k and passkey retrieval (`longctx eval compare`), the attention
+#                                     kernel against SDPA (dca_kernel.py; KERNEL=0 skips it)
+#   bash benchmarks/gpu.sh streaming  StreamingLLM over 1M tokens (`longctx eval stream`): sinks against none, CUDA
+#                                     graphs against eager, DCA inside
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 #   bash benchmarks/gpu.sh mix-start  (one GPU) CCM and RCC side by side on the broad mix (benchmarks/train/broad-mix.yaml),
 #                                     each from the adapter in /root/keep/init/{ccm,rcc} (MIX_INIT=0: from scratch) or
@@ -37,6 +42,15 @@ OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 TEXT=${TEXT:-.data/pydocs-3.11.jsonl.gz}; MODEL=${MODEL:-/root/smol.gguf}; BUDGET=${BUDGET:-420}
 W=/root/train; mkdir -p "$W"
 longctx() { python3 -m longctx_llm.cli "$@"; }
+
+pipes() {  # pipes NAME...: benchmarks/pipelines/NAME.yaml with the model at $MODEL, in /tmp; their paths, comma-joined
+  local out=() n
+  for n in "$@"; do
+    sed "s#source: smollm2-135m-instruct#source: $MODEL#" "benchmarks/pipelines/$n.yaml" > "/tmp/$n.yaml"
+    out+=("/tmp/$n.yaml")
+  done
+  (IFS=,; echo "${out[*]}")
+}
 
 pack() {  # pack FOLDER NAME: the folder's files (checkpoint excluded) as NAME.tar.part-* of at most 15 MB
   tar -C "$(dirname "$1")" --exclude=checkpoint -cf - "$(basename "$1")" | split -b 15000000 - "$OUT/$2.tar.part-"
@@ -197,8 +211,32 @@ case "${1:-}" in
       ls -la "$OUT"
     fi
     ;;
+  dca)  # LENGTHS / PASSKEY_LENGTHS ('' skips a suite), TRIALS: keys per length and depth, KERNEL=0: no kernel timing
+    P=$(pipes ${DCA_PIPES:-full-128k dca dca-temp dca-3072})
+    if [ -n "${LENGTHS-x}" ]; then
+      longctx eval compare --pipelines "$P" --suite ppl --same-tokens --text "$TEXT" \
+        --lengths "${LENGTHS:-4096,8192,16384,32768,65536,131072}" --out "$OUT/dca-ppl" 2>&1 | grep -v -i warn \
+        | tail -30
+    fi
+    if [ -n "${PASSKEY_LENGTHS-x}" ]; then
+      longctx eval compare --pipelines "$P" --suite passkey --key-nll --depths 10,30,50,70,90 --trials "${TRIALS:-5}" \
+        --lengths "${PASSKEY_LENGTHS:-4096,8192,16384,32768,65536}" --out "$OUT/dca-passkey" 2>&1 | grep -v -i warn \
+        | tail -30
+    fi
+    if [ "${KERNEL:-1}" = 1 ]; then
+      PYTHONPATH=plugins/longctx-dca/src python3 benchmarks/dca_kernel.py --no-flex \
+        --variants "${KERNEL_VARIANTS:-auto}" --out "$OUT" 2>&1 | grep -v -i warn | tail -24
+    fi
+    ;;
+  streaming)  # TOKENS, EVERY: the stream
+    for p in ${STREAM_PIPES:-streaming streaming-nosink streaming-eager streaming-dca}; do
+      longctx eval stream "$(pipes "$p")" --text "$TEXT" --tokens "${TOKENS:-1048576}" --every "${EVERY:-262144}" \
+        --json > "$OUT/stream_$p.json"; echo "== $p"; cat "$OUT/stream_$p.json"
+    done
+    ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
-  *) echo "usage: gpu.sh train|rcc-sweep|memory|quality|bench|decode|serve|replicas|fetch DIR|mix-start|mix-wait S" >&2
+  *) echo "usage: gpu.sh train|rcc-sweep|memory|quality|bench|decode|serve|tp|replicas|dca|streaming|fetch DIR|" \
+       "mix-start|mix-wait S" >&2
      exit 2 ;;
 esac
