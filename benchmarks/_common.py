@@ -121,6 +121,48 @@ def _option_value(text: str):
     return text
 
 
+def variant_specs(text: str, bases: dict[str, dict]) -> dict[str, dict]:
+    """Strategy specs of comma-separated variants, each a name of ``bases`` optionally followed by ``/option=value``
+    pairs that override its options; the whole text is the variant's label: ``dca/chunk_size=3072/local_window=384``.
+    """
+    specs = {}
+    for label in [v.strip() for v in text.split(",") if v.strip()]:
+        name, *pairs = label.split("/")
+        if name not in bases:
+            raise SystemExit(f"--variants: unknown variant {name!r} (known: {', '.join(bases)})")
+        spec = dict(bases[name])
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--variants: {label!r}: expected option=value after '/', got {pair!r}")
+            spec[key] = _option_value(value)
+        specs[label] = spec
+    return specs
+
+
+def add_shape_args(p, layers: int = 4) -> None:
+    """``--shape``: the embedded model (``--model``) or a random-weight Llama-3-8B shape (see add_model_shape_args)."""
+    p.add_argument("--shape", choices=("smollm2", "llama-8b"), default="smollm2")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="smollm2 shape: an alias, HF folder or .gguf")
+    p.add_argument("--tokenizer", default=None, help="llama-8b shape: a tokenizer directory (default: SmolLM2's)")
+    p.add_argument("--pretraining-length", type=int, default=131072,
+                   help="llama-8b shape: its max_position_embeddings (DCA's chunks and window follow it)")
+    p.add_argument("--device", default="auto")
+    add_model_shape_args(p, layers)
+
+
+def load_shape(args):
+    """The LoadedModel of ``args.shape``: the embedded model on ``--device``, or the random 8B-shaped Llama (bf16 on
+    a GPU, float32 on CPU)."""
+    from longctx_llm import ModelHandle
+
+    if args.shape == "smollm2":
+        return ModelHandle(args.model, device=args.device).get()
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    return random_llama(args, load_tokenizer(args.tokenizer), dev, dtype, max_positions=args.pretraining_length)
+
+
 def load_tokenizer(tokenizer_dir=None, model: str = "smollm2-135m-instruct"):
     """A tokenizer directory's tokenizer, or (None) the tokenizer of ``model`` (an alias, directory or .gguf)."""
     if tokenizer_dir:

@@ -28,7 +28,8 @@
 #                                     tokens at 4k..128k and passkey retrieval (`longctx eval compare`), the attention
 #                                     kernel against SDPA (dca_kernel.py; KERNEL=0 skips it)
 #   bash benchmarks/gpu.sh streaming  StreamingLLM over 1M tokens (`longctx eval stream`): sinks against none, CUDA
-#                                     graphs against eager, DCA inside
+#                                     graphs against eager, DCA inside; speed and memory from 1k to 1M tokens beside
+#                                     the re-computing window (speed.py)
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
 #   bash benchmarks/gpu.sh mix-start  (one GPU) CCM and RCC side by side on the broad mix (benchmarks/train/broad-mix.yaml),
 #                                     each from the adapter in /root/keep/init/{ccm,rcc} (MIX_INIT=0: from scratch) or
@@ -115,7 +116,7 @@ case "${1:-}" in
     # RCC_RANDOM=--random-compressor: a random compressor of the shipped shape (when the shipped one is not carried)
     python3 benchmarks/memory_history.py --model "$MODEL" --strategy rcc --length 131072 ${RCC_RANDOM:-} --out "$OUT" 2>&1 \
       | grep -v -i warn | tail -40
-    python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 32768,131072 --variants full,rcc --decode-tokens 64 \
+    python3 benchmarks/speed.py --model "$MODEL" --lengths 32768,131072 --variants full,rcc --decode-tokens 64 \
       ${RCC_RANDOM:-} --out "$OUT" 2>&1 | grep -v -i warn | tail -8
     ;;
   quality)  # the freshly trained adapters in /root/train through the inference path, on the GPU
@@ -144,8 +145,8 @@ case "${1:-}" in
     printf 'model: {source: %s}\nstrategy: {name: streaming, prefill_chunk_size: 512}\n' "$MODEL" > /tmp/stream-512.yaml
     longctx eval stream /tmp/stream-512.yaml --text "$TEXT" --tokens 1048576 --every 524288 --json \
       > "$OUT/stream_piece512.json"; cat "$OUT/stream_piece512.json"
-    python3 benchmarks/rcc_speed.py --model "$MODEL" --lengths 8192,32768,131072,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
-    python3 benchmarks/rcc_speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
+    python3 benchmarks/speed.py --model "$MODEL" --lengths 8192,32768,131072,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -12
+    python3 benchmarks/speed.py --shape llama-8b --tokenizer .data/tok --layers 4 \
       --lengths 8192,32768,131072,524288,1048576 --out "$OUT" 2>&1 | grep -v -i warn | tail -18
     ;;
   decode)
@@ -228,11 +229,16 @@ case "${1:-}" in
         --variants "${KERNEL_VARIANTS:-auto}" --out "$OUT" 2>&1 | grep -v -i warn | tail -24
     fi
     ;;
-  streaming)  # TOKENS, EVERY: the stream
+  streaming)  # TOKENS, EVERY: the stream; SPEED_LENGTHS ('' skips speed.py), RECOMPUTE: the re-computing window
     for p in ${STREAM_PIPES:-streaming streaming-nosink streaming-eager streaming-dca}; do
       longctx eval stream "$(pipes "$p")" --text "$TEXT" --tokens "${TOKENS:-1048576}" --every "${EVERY:-262144}" \
         --json > "$OUT/stream_$p.json"; echo "== $p"; cat "$OUT/stream_$p.json"
     done
+    if [ -n "${SPEED_LENGTHS-x}" ]; then
+      python3 benchmarks/speed.py --model "$MODEL" --variants streaming,streaming/cuda_graphs=false --decode-tokens 32 \
+        --lengths "${SPEED_LENGTHS:-1024,4096,16384,65536,262144,1048576}" --recompute "${RECOMPUTE:-2048}" \
+        --out "$OUT" 2>&1 | grep -v -i warn | tail -16
+    fi
     ;;
   fetch)
     pack "$W/$2" "$(echo "$2" | tr / _)"; ls -la "$OUT" ;;
