@@ -114,8 +114,8 @@ case "${1:-}" in
     ;;
   memory)
     # RCC_RANDOM=--random-compressor: a random compressor of the shipped shape (when the shipped one is not carried)
-    python3 benchmarks/memory_history.py --model "$MODEL" --strategy rcc --length 131072 ${RCC_RANDOM:-} --out "$OUT" 2>&1 \
-      | grep -v -i warn | tail -40
+    python3 benchmarks/profiles.py memory --model "$MODEL" --strategy rcc --length 131072 ${RCC_RANDOM:-} \
+      --out "$OUT" 2>&1 | grep -v -i warn | tail -40
     python3 benchmarks/speed.py --model "$MODEL" --lengths 32768,131072 --variants full,rcc --decode-tokens 64 \
       ${RCC_RANDOM:-} --out "$OUT" 2>&1 | grep -v -i warn | tail -8
     ;;
@@ -137,7 +137,7 @@ case "${1:-}" in
     ;;
   bench)  # shortest first: a time limit cuts the longest (the 8B shape at 1M tokens)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-    python3 benchmarks/gpu_oom.py --model "$MODEL" 2>&1 | grep -v -i warn | tail -8
+    python3 benchmarks/profiles.py oom --model "$MODEL" 2>&1 | grep -v -i warn | tail -8
     printf 'model: {source: %s}\nstrategy: {name: streaming}\n' "$MODEL" > /tmp/stream.yaml
     longctx eval stream /tmp/stream.yaml --text "$TEXT" --tokens 1048576 --every 262144 --json > "$OUT/stream_default.json"
     cat "$OUT/stream_default.json"
