@@ -8,6 +8,7 @@ same with every sample reading another sample's slots (the control), and what th
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,11 +18,10 @@ from _common import print_table  # noqa: E402
 
 
 def main(argv=None) -> int:
-    paths = (argv if argv is not None else sys.argv[1:])
-    if not paths:
-        raise SystemExit("usage: sweep_table.py CARD.json ...")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cards", nargs="+", metavar="CARD.json", help="adapter.json of each trained compressor")
     rows = []
-    for p in paths:
+    for p in parser.parse_args(argv).cards:
         card = json.loads(Path(p).read_text())
         h, t, c = card["heldout"], card["training"], card["config"]
         rows.append({
