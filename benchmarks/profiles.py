@@ -88,15 +88,19 @@ def profile_steps(args) -> int:
     bases = {"full": {"name": "full", "max_length": total}, "dca": {"name": "dca"},
              "dca_torch": {"name": "dca", "torch_ops": True}, "streaming": {"name": "streaming"},
              "rcc": {"name": "rcc", **({"compressor": random_compressor(loaded)} if args.shape == "llama-8b" else {})}}
-    import longctx_dca.attention as dca_attention
+    specs = variant_specs(args.variants, bases)
+    dca_attention = None
+    if any(spec.get("torch_ops") for spec in specs.values()):
+        import longctx_dca.attention as dca_attention
 
-    fused_ops = dca_attention._fused_ops
+        fused_ops = dca_attention._fused_ops
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda"
                                                      else [])
     rows, tables = [], {}
-    for name, spec in variant_specs(args.variants, bases).items():
+    for name, spec in specs.items():
         torch_ops = spec.pop("torch_ops", False)
-        dca_attention._fused_ops = (lambda q, fused: None) if torch_ops else fused_ops
+        if dca_attention is not None:  # dca_torch: no Triton kernels, whatever the device
+            dca_attention._fused_ops = (lambda q, fused: None) if torch_ops else fused_ops
         strategy = Engine(loaded, strategy=spec).strategy
 
         def state_at_context():
@@ -128,7 +132,8 @@ def profile_steps(args) -> int:
         print(f"\n== {name}: {args.piece} tokens at context {args.context}, {statistics.median(times):.3f} ms "
               f"(median of {args.steps})\n-- by {'CUDA' if device.type == 'cuda' else 'CPU'} time\n"
               f"{tables[name]['by_device']}\n-- by CPU time\n{tables[name]['by_cpu']}", flush=True)
-    dca_attention._fused_ops = fused_ops
+    if dca_attention is not None:
+        dca_attention._fused_ops = fused_ops
     for r in rows:
         r["x_first_variant"] = r["best_ms"] / rows[0]["best_ms"]
     print_table(rows, ["variant", "context", "piece", "first_ms", "median_ms", "best_ms", "x_first_variant",

@@ -99,12 +99,12 @@ def recompute_ms(loaded, span: int, steps: int, graph: bool) -> float:
 
 
 def recompute_rows(args, loaded, rows: list[dict]) -> list[dict]:
-    """Per window: the re-computing window's ms per token, and each variant's decode ms per token (at its longest
-    length that ran) over it."""
+    """Per window: the re-computing window's ms per token (its fastest way), and each variant's decode ms per token
+    (at its last length that ran) with the ratio of the two."""
     decode_ms = {}
     for r in rows:
         if "error" not in r:
-            decode_ms[r["variant"]] = 1000 / r["decode_tokens_per_s"]  # rows run shortest first: the longest wins
+            decode_ms[r["variant"]] = 1000 / r["decode_tokens_per_s"]  # rows in --lengths order: the last one wins
     out = []
     for span in [int(x) for x in args.recompute.split(",") if x.strip()]:
         row = {"window": span, "recompute_eager_ms": recompute_ms(loaded, span, args.recompute_steps, False)}
