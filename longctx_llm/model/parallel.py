@@ -11,6 +11,8 @@ processes, the device and the model's heads, each misfit a :class:`~longctx_llm.
 
 from __future__ import annotations
 
+import atexit
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -149,11 +151,13 @@ _CONTROL: Any = None
 
 def initialize(w: World) -> None:
     """Join the processes (once): the default group for the model's collectives (NCCL for GPUs, gloo for CPUs) and
-    a gloo group of its own for messages (:func:`broadcast`). Every process of the run must call it."""
+    a gloo group of its own for messages (:func:`broadcast`). Every process of the run must call it; the groups are
+    left again at exit (:func:`shutdown`)."""
     import torch.distributed as dist
 
     global _CONTROL
     if not dist.is_initialized():
+        atexit.register(shutdown)
         backend = "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(w.local_rank)
@@ -161,6 +165,18 @@ def initialize(w: World) -> None:
         dist.init_process_group(backend=backend, rank=w.rank, world_size=w.size, timeout=MODEL_TIMEOUT)
     if _CONTROL is None:
         _CONTROL = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+
+
+def shutdown() -> None:
+    """Leave the process groups (idempotent). A process that exits still in a gloo group can abort at interpreter
+    teardown ("terminate called without an active exception", SIGABRT) while gloo's worker threads still hold
+    work: the end of every tensor-parallel run calls this, and :func:`initialize` registers it to run at exit."""
+    import torch.distributed as dist
+
+    global _CONTROL
+    _CONTROL = None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast(obj: Any = None) -> Any:

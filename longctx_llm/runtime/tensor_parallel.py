@@ -348,12 +348,18 @@ def run_command(command: Callable[[], int], build: Callable[[Any], Any]) -> int:
         return command()
     parallel.initialize(w)
     if not w.is_leader:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            follow(build)
+        try:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                follow(build)
+        finally:
+            parallel.shutdown()
         return 0
     _LEADER = Leader(Broadcast(), w.size)
     try:
         return command()
     finally:
         leader, _LEADER = _LEADER, None
-        leader.stop()
+        try:
+            leader.stop()
+        finally:
+            parallel.shutdown()
