@@ -45,6 +45,11 @@ def run_one(args, name: str, path: str, split: str, out: Path) -> dict:
     return json.loads(res.stdout)["results"][0]
 
 
+def beats(pipeline: float, recent) -> str:
+    """yes / no, or - where the run did not measure that many raw tokens (JSON of an older run)."""
+    return "-" if not recent else ("yes" if pipeline < recent else "no")
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     head = ("| text | none | last k | last 4k | pipeline | full | gap_closed | gap_closed_nats | beats last k | "
             "beats last 4k |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
@@ -56,7 +61,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
         lines.append(
             f"| {name} | {r['ppl_none']:.2f} | {f'{rk:.2f} (k={k:g})' if rk else '-'} | "
             f"{f'{r4:.2f}' if r4 else '-'} | **{p:.2f}** | {r['ppl_full']:.2f} | {r['gap_closed']:.3f} | "
-            f"{r['gap_closed_nats']:.3f} | {'yes' if rk and p < rk else 'no'} | {'yes' if r4 and p < r4 else 'no'} |"
+            f"{r['gap_closed_nats']:.3f} | {beats(p, rk)} | {beats(p, r4)} |"
         )
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Held-out text from outside the shared corpus, built from what this machine has: the long descriptions of the
 installed Python distributions (their README files, from ``*.dist-info/METADATA``) and the licence texts under
-``/usr/share/common-licenses``. The adapters were trained on the Python docs only; this checks that their figures
-are not an adaptation to that corpus. Writes a ``.jsonl.gz`` that every ``longctx eval`` command reads.
+``/usr/share/common-licenses``. The adapters were trained on the shared corpora (the Python docs, general-en); this
+checks that their figures are not an adaptation to those corpora. Writes a ``.jsonl.gz`` that every ``longctx eval`` command reads.
 
     python benchmarks/outside_text.py --out /tmp/outside.jsonl.gz
     longctx eval compare --pipelines a.yaml,b.yaml --suite gap,recall --text /tmp/outside.jsonl.gz --context 1024

@@ -463,7 +463,8 @@ examples (pipelines in examples/pipelines/):
     st.add_argument("--tokens", type=int, default=16384, help="tokens of the text to stream (N)")
     st.add_argument("--every", type=int, default=4096, help="segment length in tokens (K)")
     st.set_defaults(fn=_cmd_eval_stream)
-    g = eval_parser("gap", "how much of a context the pipeline uses: target perplexity with none / pipeline / full context")
+    g = eval_parser("gap", "how much of a context the pipeline uses: target perplexity with none / the last k raw tokens "
+                           "(k = the positions the pipeline keeps) / pipeline / full context")
     g.add_argument("--context", default="1024", help="context lengths in tokens, e.g. 1024,4096")
     g.add_argument("--target", type=int, default=128, help="target tokens scored after the context")
     g.add_argument("--samples", type=int, default=32, help="samples per context length")
@@ -481,8 +482,9 @@ examples (pipelines in examples/pipelines/):
     rc.add_argument("--turn-tokens", type=int, default=128, help="memory pipelines: context fed as turns of K tokens")
     rc.add_argument("--seed", type=int, default=0)
     rc.set_defaults(fn=_cmd_eval_recall)
-    ch = esub.add_parser("chat", help="short multi-turn chats: does the last reply recall a fact from the first turn, "
-                         "and do replies stay plain conversation", formatter_class=_HelpWithDefaults)
+    chat_help = ("short multi-turn chats: does the last reply recall a fact from the first turn, and do replies stay "
+                 "plain conversation (no docs markup)")
+    ch = esub.add_parser("chat", help=chat_help, description=chat_help, formatter_class=_HelpWithDefaults)
     ch.add_argument("pipeline", help="YAML pipeline file (model + strategy + memory)")
     ch.add_argument("--chats", default=None, help="a JSON file of chats (default: the 24 shipped ones)")
     ch.add_argument("--max-new-tokens", type=int, default=48)
