@@ -19,6 +19,15 @@ import torch
 TINY_ARCHS = ("llama", "qwen2", "gpt_neox")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests on the real embedded model (``integration``) are ``slow`` too, except those that run the README's
+    examples (``readme``): the README's test command (``-m "not slow"``) stays a few minutes on two cores, and CI runs
+    the rest in its second step (``pytest -m slow``)."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("readme"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm():
     from longctx_llm import ModelHandle

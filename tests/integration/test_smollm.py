@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.readme
 def test_capital_of_france_mentions_paris(smollm):
     engine = Engine(smollm)
     reply = engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24)
@@ -44,6 +45,7 @@ def test_multi_turn_session_equals_stateless_history(smollm):
     assert reply.text == stateless.text and reply.prompt_tokens == stateless.prompt_tokens
 
 
+@pytest.mark.readme
 def test_readme_python_quickstart_runs(smollm, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     blocks = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
@@ -53,6 +55,7 @@ def test_readme_python_quickstart_runs(smollm, capsys, monkeypatch):
     assert "Paris" in capsys.readouterr().out
 
 
+@pytest.mark.readme
 def test_readme_main_command(smollm):
     cmd = next(c for c in re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text()) if "longctx run" in c)
     run_part = cmd.split("&& ", 1)[1].replace(".venv/bin/", f"{BIN}/")

@@ -227,3 +227,18 @@ def test_plugins_and_integrations_import_only_public_names():
                     elif name is not None and name not in importlib.import_module(module).__all__:
                         bad.append(f"{where}: {name} is not in {module}.__all__")
     assert not bad, "\n".join(bad)
+
+
+def test_classes_read_in_one_sitting():
+    """Issue 25: ``Engine`` and ``KVCacheState`` split by concern, each class of the core about 200 lines or fewer
+    (the scheduler of continuous batching, one loop with its admission and retirement, is the longest)."""
+    long = {}
+    for name, path in core_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 240:
+                long[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
+    assert not long, long
+    for module, cls in (("longctx_llm.runtime.engine", "Engine"), ("longctx_llm.runtime.kv_state", "KVCacheState")):
+        tree = ast.parse(core_modules()[module].read_text())
+        node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+        assert node.end_lineno - node.lineno + 1 <= 200, cls
