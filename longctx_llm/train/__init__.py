@@ -3,14 +3,15 @@
 - :mod:`.datamix`: the training text: ``--data`` files mixed by weight, each file's held-out split, token streams
   (:class:`TokenStream`);
 - :mod:`.training`: options every trainer takes, checkpoints that resume, the step budget, learning-rate schedule,
-  progress lines and the adapter card's record of the base model and the run.
+  progress lines and the adapter card's record of the base model and the run;
+- :mod:`.interpolate`: the weights between two adapters of one lineage (``python -m longctx_llm.train.interpolate``).
 
 May import: torch, :mod:`longctx_llm.errors`, :mod:`longctx_llm.model` (adapter files, the model's facts) and
 :mod:`longctx_llm.eval` (text reading and its held-out split: one definition, so an evaluation of held-out text never
 reads what an adapter was trained on). Not the runtime's engine: a trainer drives the model directly.
 """
 
-from . import datamix, training
+from . import datamix, interpolate, training
 from .datamix import TokenStream
 
-__all__ = ["TokenStream", "datamix", "training"]
+__all__ = ["TokenStream", "datamix", "interpolate", "training"]
