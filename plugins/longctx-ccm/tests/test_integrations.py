@@ -58,4 +58,7 @@ def test_shipped_adapter_serves_the_embedded_model(smollm):
     s = engine.session("s")
     assert s.memory.slots == 4 and s.state.seen == 4
     card = s.memory.adapter.card
-    assert card["base_model"]["sha256"] == smollm.fingerprint and card["heldout"]["concat_k2"]["gap_closed"] >= 0.8
+    assert card["base_model"]["sha256"] == smollm.fingerprint
+    # a trained adapter, measured where it was trained: held-out Python docs (per source when trained on a mix)
+    pydocs = (card.get("heldout_by_source") or {}).get("pydocs-3.11", card["heldout"])
+    assert pydocs["concat_k2"]["gap_closed"] >= 0.8
