@@ -113,7 +113,12 @@ class BatchingConfig(_Strict):
         "others).",
     )
     max_queue: int = Field(
-        256, ge=0, le=1 << 20, description="Requests waiting beyond max_batch; one more is refused (the server: 503)."
+        256, ge=0, le=1 << 20, description="Requests waiting beyond max_batch; one more waits for room, or is refused "
+        "with when_full: refuse.",
+    )
+    when_full: Literal["wait", "refuse"] = Field(
+        "wait", description="A request beyond max_batch + max_queue: 'wait' for room (in-process calls, e.g. "
+        "LangChain abatch of many inputs), or 'refuse' with a BusyError ('longctx serve' sets it: 503 + Retry-After).",
     )
 
 

@@ -2,7 +2,8 @@
 
 The :class:`Scheduler` owns one thread that runs every request submitted to it, step by step:
 
-1. requests join between steps, up to ``max_batch`` running (more wait in a queue of ``max_queue``; beyond it
+1. requests join between steps, up to ``max_batch`` running (more wait in a queue of ``max_queue``; beyond it a
+   caller waits for room, or with ``when_full: refuse``, the server's choice, gets a
    :class:`~longctx_llm.errors.BusyError`);
 2. a new request's prompt is fed in pieces of at most ``max_batch_tokens`` per step, between the running decodes,
    so a long prompt does not stall the others;
@@ -93,7 +94,9 @@ class Scheduler:
     def __init__(self, strategy, loaded, options: BatchingConfig):
         self.strategy, self.loaded, self.options = strategy, loaded, options
         self.pool = Pool(strategy, loaded)
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the scheduler's thread waits here for work
+        self._room = threading.Condition(lock)  # callers wait here for room in the queue (``when_full: wait``)
         self._waiting: list[Request] = []
         self._running: list[Request] = []
         self._thread: Optional[threading.Thread] = None
@@ -112,12 +115,14 @@ class Scheduler:
             generator=make_generator(params, self.loaded.device),
         )
         with self._cond:
-            if len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running)):
-                raise BusyError(
-                    f"the server is busy: {len(self._running)} requests running (max_batch "
-                    f"{self.options.max_batch}) and {len(self._waiting)} waiting (max_queue {self.options.max_queue}); "
-                    "try again shortly"
-                )
+            while len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running)):
+                if self.options.when_full == "refuse":
+                    raise BusyError(
+                        f"the server is busy: {len(self._running)} requests running (max_batch "
+                        f"{self.options.max_batch}) and {len(self._waiting)} waiting (max_queue "
+                        f"{self.options.max_queue}); try again shortly"
+                    )
+                self._room.wait()
             req.t0 = time.perf_counter()
             self._stopping = False
             self._waiting.append(req)
@@ -175,6 +180,7 @@ class Scheduler:
                         return
                 while self._waiting and len(self._running) < self.options.max_batch:
                     self._running.append(self._waiting.pop(0))
+                    self._room.notify()
                 running = list(self._running)
             try:
                 self._iteration(running)
@@ -283,6 +289,7 @@ class Scheduler:
                 self._running.remove(req)
             if req in self._waiting:
                 self._waiting.remove(req)
+            self._room.notify()
         req.released.set()
 
     def _unfed(self, req: Request) -> None:

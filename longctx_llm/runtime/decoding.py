@@ -42,6 +42,13 @@ class Decoding:
             self._scheduler = Scheduler(self.strategy, self.loaded, self.batching)
         return self._scheduler
 
+    def refuse_when_full(self) -> None:
+        """Requests beyond ``max_batch + max_queue`` get a :class:`~longctx_llm.errors.BusyError` at once instead of
+        waiting for room (``batching.when_full: refuse``): a server's back-pressure (503 + Retry-After)."""
+        self.batching = self.batching.model_copy(update={"when_full": "refuse"})
+        if self._scheduler is not None:
+            self._scheduler.options = self.batching
+
     def _decode(self, state, feed: list[int], params: GenerationConfig, *, prompt_tokens: int,
                 fed_tokens: Optional[list[int]] = None, keep_state: bool = True) -> Iterator[Delta]:
         """Prefill ``feed`` into ``state`` and decode a reply; yields text deltas, returns ``[Completion]``."""

@@ -3,6 +3,7 @@ strategy; rows join and leave between steps; a reader that stops early frees its
 
 from __future__ import annotations
 
+import threading
 import types
 
 import pytest
@@ -55,9 +56,37 @@ def test_a_reader_that_stops_early_frees_its_row_and_the_session_goes_on(peaked)
 def test_a_full_queue_refuses_with_busy_error(peaked):
     engine = Engine(peaked, batching={"max_batch": 1, "max_queue": 0})
     assert engine.scheduler is None  # max_batch 1: no scheduler
-    engine = Engine(peaked, batching={"max_batch": 2, "max_queue": 0})
+    engine = Engine(peaked, batching={"max_batch": 2, "max_queue": 0, "when_full": "refuse"})
     streams = [engine.stream(f"Prompt {i}", max_new_tokens=30) for i in range(2)]
     with pytest.raises(BusyError, match="max_batch 2"):
+        engine.stream("one more", max_new_tokens=4)
+    for s in streams:
+        s.close()
+
+
+def test_beyond_a_full_queue_callers_wait_for_room_by_default(peaked):
+    """In-process (LangChain ``abatch`` of many inputs, threads): a request beyond ``max_batch + max_queue`` waits
+    and then runs; its reply is the one it gets alone."""
+    alone = Engine(peaked, batching={"max_batch": 1})
+    expected = [alone.complete(p, max_new_tokens=8, temperature=0).text for p in PROMPTS]
+    engine = Engine(peaked, batching={"max_batch": 2, "max_queue": 1})
+    assert engine.batching.when_full == "wait"
+    out: dict = {}
+    threads = [threading.Thread(target=lambda i=i: out.setdefault(i, engine.complete(PROMPTS[i], max_new_tokens=8,
+                                                                                      temperature=0).text))
+               for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [out.get(i) for i in range(len(PROMPTS))] == expected
+
+
+def test_a_server_refuses_instead_of_waiting(peaked):
+    engine = Engine(peaked, batching={"max_batch": 2, "max_queue": 0})
+    streams = [engine.stream(f"Prompt {i}", max_new_tokens=30) for i in range(2)]
+    engine.refuse_when_full()  # what longctx serve's app does, here with replies already running
+    with pytest.raises(BusyError, match="max_queue 0"):
         engine.stream("one more", max_new_tokens=4)
     for s in streams:
         s.close()

@@ -254,8 +254,8 @@ def test_arguments_that_cannot_be_sent_are_an_input_error(leader_and_follower):
 #: tokenizer; ``session`` makes a fresh state, as the follower's own call does; saving is refused under tp; ``loaded``
 #: is a step of its own, the model's first load)
 NOT_STEPS = {"attention_span", "check_fits", "context_window", "count_tokens", "from_config", "get_session",
-             "load_session", "loaded", "model_name", "params", "render_chat", "save_session", "scheduler",
-             "session", "session_wait_s", "sessions", "tokenize", "tokenizer"}
+             "load_session", "loaded", "model_name", "params", "refuse_when_full", "render_chat", "save_session",
+             "scheduler", "session", "session_wait_s", "sessions", "tokenize", "tokenizer"}
 
 
 def test_every_public_engine_call_is_classified():

@@ -102,6 +102,7 @@ def create_app(
     if max_sessions < 1:
         raise ValueError(f"max_sessions: must be >= 1, got {max_sessions}")
     served = model_name or engine.model_name
+    engine.refuse_when_full()  # beyond the batch and its queue a client gets 503 + Retry-After, never a hang
     created_at = convert.now()
     sessions = SessionTable(engine, max_sessions)
     limits = limits or RequestLimits()
