@@ -28,8 +28,11 @@ def _in_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":
     context = contextvars.copy_context()
 
     def settle(value, error) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(value)
+        if future.done():
+            return
+        if isinstance(error, StopIteration):  # a future cannot hold one (asyncio raises TypeError)
+            error = RuntimeError(f"{getattr(fn, '__name__', 'the call')} raised StopIteration")
+        future.set_exception(error) if error is not None else future.set_result(value)
 
     def work() -> None:
         value, error = None, None

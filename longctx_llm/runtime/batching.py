@@ -2,9 +2,9 @@
 
 The :class:`Scheduler` owns one thread that runs every request submitted to it, step by step:
 
-1. requests join between steps, up to ``max_batch`` running (more wait in a queue of ``max_queue``; beyond it a
-   caller waits for room, or with ``when_full: refuse``, the server's choice, gets a
-   :class:`~longctx_llm.errors.BusyError`);
+1. requests join between steps, up to ``max_batch`` running (more wait in a queue of ``max_queue``; beyond it they
+   wait in line all the same, or with ``when_full: refuse``, the server's choice, get a
+   :class:`~longctx_llm.errors.BusyError`); a reader that closes its stream while it waits leaves the line;
 2. a new request's prompt is fed in pieces of at most ``max_batch_tokens`` per step, between the running decodes,
    so a long prompt does not stall the others;
 3. every running request samples its next token (its own parameters and seed) and its text goes out;
@@ -94,9 +94,7 @@ class Scheduler:
     def __init__(self, strategy, loaded, options: BatchingConfig):
         self.strategy, self.loaded, self.options = strategy, loaded, options
         self.pool = Pool(strategy, loaded)
-        lock = threading.RLock()
-        self._cond = threading.Condition(lock)  # the scheduler's thread waits here for work
-        self._room = threading.Condition(lock)  # callers wait here for room in the queue (``when_full: wait``)
+        self._cond = threading.Condition()
         self._waiting: list[Request] = []
         self._running: list[Request] = []
         self._thread: Optional[threading.Thread] = None
@@ -115,14 +113,14 @@ class Scheduler:
             generator=make_generator(params, self.loaded.device),
         )
         with self._cond:
-            while len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running)):
-                if self.options.when_full == "refuse":
-                    raise BusyError(
-                        f"the server is busy: {len(self._running)} requests running (max_batch "
-                        f"{self.options.max_batch}) and {len(self._waiting)} waiting (max_queue "
-                        f"{self.options.max_queue}); try again shortly"
-                    )
-                self._room.wait()
+            full = len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running))
+            if full and self.options.when_full == "refuse":
+                raise BusyError(
+                    f"the server is busy: {len(self._running)} requests running (max_batch "
+                    f"{self.options.max_batch}) and {len(self._waiting)} waiting (max_queue "
+                    f"{self.options.max_queue}); try again shortly"
+                )
+            # when_full: wait — the request waits in line beyond max_queue; its reader may still close it there
             req.t0 = time.perf_counter()
             self._stopping = False
             self._waiting.append(req)
@@ -178,10 +176,14 @@ class Scheduler:
                     if self._stopping or (not self._cond.wait(timeout=30.0) and not self._waiting and not self._running):
                         self._thread = None  # idle: the next submit starts a thread again
                         return
+                dropped = [r for r in self._waiting if r.cancelled]  # closed by their readers before their turn
+                for req in dropped:
+                    self._waiting.remove(req)
                 while self._waiting and len(self._running) < self.options.max_batch:
                     self._running.append(self._waiting.pop(0))
-                    self._room.notify()
                 running = list(self._running)
+            for req in dropped:
+                self._finish(req)
             try:
                 self._iteration(running)
             except BaseException as exc:  # noqa: BLE001 - never leave a reader waiting: fail what was running
@@ -289,7 +291,6 @@ class Scheduler:
                 self._running.remove(req)
             if req in self._waiting:
                 self._waiting.remove(req)
-            self._room.notify()
         req.released.set()
 
     def _unfed(self, req: Request) -> None:

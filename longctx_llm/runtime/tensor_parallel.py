@@ -140,18 +140,20 @@ class Leader:
                 )
             session.lock.release()  # free now: take the lock and look again
 
-    def stop(self, wait_s: float = 60.0) -> None:
+    def stop(self, wait_s: float = 60.0) -> bool:
         """End the followers (once the step running now, if any, is over; a step that never ends, e.g. a thread
-        killed mid-forward, leaves them to torchrun, which ends every process when rank 0 exits)."""
+        killed mid-forward, leaves them to torchrun, which ends every process when rank 0 exits). Whether they were
+        told to stop."""
         if not self._lock.acquire(timeout=wait_s):
             logger.warning("tensor parallel: a step is still running after %.0f s; not telling the others to stop", wait_s)
-            return
+            return False
         try:
             while self._dropped:
                 self.channel.send(("close", self._dropped.popleft()))
             self.channel.send(("stop",))
         finally:
             self._lock.release()
+        return True
 
     def run(self, engine, name: str, method: Callable, args: tuple, kwargs: dict) -> Any:
         """An engine call on every process: sent, then run here."""
@@ -359,7 +361,5 @@ def run_command(command: Callable[[], int], build: Callable[[Any], Any]) -> int:
         return command()
     finally:
         leader, _LEADER = _LEADER, None
-        try:
-            leader.stop()
-        finally:
+        if leader.stop():  # a step still inside a collective: leaving the groups under it could hang or abort
             parallel.shutdown()

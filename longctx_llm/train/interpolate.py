@@ -3,9 +3,9 @@
 A compressor trained further on a broader mix can give back a little on the text it first learned; the weights on
 the line between the two (``(1 - alpha) * a + alpha * b``, every tensor, as in WiSE-FT / model soups) often keep most
 of both. Both adapters must be of the same kind, base model and shapes (the second continued from the first, or both
-from one start). The card of the result is the second's, with an ``interpolation`` record (alpha, the two cards'
-steps and their weight hashes) and without held-out figures, which belong to another set of weights: measure them
-(``longctx eval gap --split heldout``) before shipping.
+from one start). The card of the result is the second's kind, base model and config, with an ``interpolation`` record (alpha,
+and each end's training run, data and weight hashes) and without held-out figures, which belong to other weights:
+measure them (``longctx eval gap --split heldout``) before shipping. ``--out`` must be a new folder.
 
     python -m longctx_llm.train.interpolate A_DIR B_DIR --alpha 0.5 --out OUT_DIR
 """
@@ -30,6 +30,10 @@ def interpolate(a_dir: str | Path, b_dir: str | Path, alpha: float, out: str | P
     """Write ``(1 - alpha) * a + alpha * b`` (each tensor, in float32, stored in a's dtype) to ``out``."""
     if not 0.0 <= float(alpha) <= 1.0:
         raise AdapterError(f"alpha: {alpha!r} is not between 0 and 1 (valid: 0 = the first adapter, 1 = the second)")
+    target = Path(out).expanduser().resolve()
+    for src in (a_dir, b_dir):
+        if Path(src).expanduser().resolve() == target:
+            raise AdapterError(f"--out {str(out)!r} is one of the adapters it reads; name a new folder")
     ta, ca = load_adapter(a_dir)
     tb, cb = load_adapter(b_dir)
     if ca.get("kind") != cb.get("kind"):
@@ -44,13 +48,13 @@ def interpolate(a_dir: str | Path, b_dir: str | Path, alpha: float, out: str | P
     if ca.get("config") != cb.get("config"):
         raise AdapterError("the adapters' configs differ (ranks, targets, slots): not one lineage")
     mixed = {k: ((1.0 - alpha) * ta[k].float() + alpha * tb[k].float()).to(ta[k].dtype) for k in ta}
-    card = {k: v for k, v in cb.items() if k not in ("format", "format_version", "files", "joined", *MEASURED)}
-    card["interpolation"] = {
-        "alpha": float(alpha),
-        "a": {"steps": (ca.get("training") or {}).get("steps"), "files": [f.get("sha256") for f in ca["files"]]},
-        "b": {"steps": (cb.get("training") or {}).get("steps"), "files": [f.get("sha256") for f in cb["files"]]},
-        "rule": "(1 - alpha) * a + alpha * b, every tensor",
-    }
+    def end(c: dict) -> dict:  # what made one end of the line: its run, its data, its files
+        return {"training": c.get("training"), "data": c.get("data"), "files": [f.get("sha256") for f in c["files"]]}
+
+    own = ("format", "format_version", "files", "joined", "training", "data", *MEASURED)
+    card = {k: v for k, v in cb.items() if k not in own}
+    card["interpolation"] = {"alpha": float(alpha), "rule": "(1 - alpha) * a + alpha * b, every tensor",
+                             "a": end(ca), "b": end(cb)}
     return save_adapter(out, mixed, card)
 
 

@@ -72,3 +72,11 @@ def test_an_early_stop_closes_the_producer_in_its_thread():
 
     asyncio.run(main())
     assert closed.wait(5)
+
+
+def test_a_call_that_raises_stop_iteration_is_an_error_not_a_hang():
+    async def main():
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(aio.run_sync(next, iter([])), 10)
+
+    asyncio.run(main())

@@ -32,8 +32,9 @@ def test_the_ends_and_the_middle_of_the_line(tmp_path):
         for k in a:
             torch.testing.assert_close(tensors[k], (1 - alpha) * a[k] + alpha * b[k])
         assert card["interpolation"]["alpha"] == alpha
-        assert card["interpolation"]["a"]["steps"] == 10 and card["interpolation"]["b"]["steps"] == 20
-        assert "heldout" not in card  # figures of other weights are not carried over
+        ends = card["interpolation"]
+        assert ends["a"]["training"]["steps"] == 10 and ends["b"]["training"]["steps"] == 20
+        assert "heldout" not in card and "training" not in card  # the ends' runs and figures are not the result's
         assert card["kind"] == "ccm" and card["config"] == {"rank": 4}
 
 
@@ -56,3 +57,12 @@ def test_alpha_outside_0_1_is_a_clear_error(tmp_path, capsys):
     adapter(tmp_path / "b", 1)
     assert interp.main([str(tmp_path / "a"), str(tmp_path / "b"), "--alpha", "1.5", "--out", str(tmp_path / "o")]) == 2
     assert "alpha: 1.5 is not between 0 and 1" in capsys.readouterr().err
+
+
+def test_out_may_not_be_one_of_the_inputs(tmp_path):
+    adapter(tmp_path / "a", 0)
+    b = adapter(tmp_path / "b", 1)
+    with pytest.raises(AdapterError, match="is one of the adapters it reads"):
+        interp.interpolate(tmp_path / "a", tmp_path / "b", 0.5, tmp_path / "b")
+    tensors, _ = load_adapter(tmp_path / "b")
+    torch.testing.assert_close(tensors["comp_embeddings"], b["comp_embeddings"])
