@@ -12,7 +12,6 @@ processes, the device and the model's heads, each misfit a :class:`~longctx_llm.
 from __future__ import annotations
 
 import atexit
-
 import os
 from dataclasses import dataclass
 from datetime import timedelta

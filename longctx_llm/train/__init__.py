@@ -4,8 +4,8 @@
   (:class:`TokenStream`);
 - :mod:`.training`: options every trainer takes, checkpoints that resume, the step budget, learning-rate schedule,
   progress lines and the adapter card's record of the base model and the run;
-- :mod:`.interpolate`: the weights between two adapters of one lineage (``python -m longctx_llm.train.interpolate``; not imported here, so
-  it runs as a module without a second copy).
+- :mod:`.interpolate`: the weights between two adapters of one lineage (``python -m longctx_llm.train.interpolate``;
+  not imported here, so it runs as a module without a second copy).
 
 May import: torch, :mod:`longctx_llm.errors`, :mod:`longctx_llm.model` (adapter files, the model's facts) and
 :mod:`longctx_llm.eval` (text reading and its held-out split: one definition, so an evaluation of held-out text never

@@ -3,9 +3,9 @@
 A compressor trained further on a broader mix can give back a little on the text it first learned; the weights on
 the line between the two (``(1 - alpha) * a + alpha * b``, every tensor, as in WiSE-FT / model soups) often keep most
 of both. Both adapters must be of the same kind, base model and shapes (the second continued from the first, or both
-from one start). The card of the result is the second's kind, base model and config, with an ``interpolation`` record (alpha,
-and each end's training run, data and weight hashes) and without held-out figures, which belong to other weights:
-measure them (``longctx eval gap --split heldout``) before shipping. ``--out`` must be a new folder.
+from one start). The card of the result is the second's kind, base model and config, with an ``interpolation``
+record (alpha, and each end's training run, data and weight hashes) and without held-out figures, which belong to
+other weights: measure them (``longctx eval gap --split heldout``) before shipping. ``--out`` must be a new folder.
 
     python -m longctx_llm.train.interpolate A_DIR B_DIR --alpha 0.5 --out OUT_DIR
 """
@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Optional
-
-import torch
 
 from ..errors import AdapterError, LongctxError
 from ..model.adapters import load_adapter, save_adapter
@@ -48,6 +46,7 @@ def interpolate(a_dir: str | Path, b_dir: str | Path, alpha: float, out: str | P
     if ca.get("config") != cb.get("config"):
         raise AdapterError("the adapters' configs differ (ranks, targets, slots): not one lineage")
     mixed = {k: ((1.0 - alpha) * ta[k].float() + alpha * tb[k].float()).to(ta[k].dtype) for k in ta}
+
     def end(c: dict) -> dict:  # what made one end of the line: its run, its data, its files
         return {"training": c.get("training"), "data": c.get("data"), "files": [f.get("sha256") for f in c["files"]]}
 

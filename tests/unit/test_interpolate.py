@@ -15,7 +15,8 @@ BASE = {"name": "tiny", "sha256": "ab" * 32}
 
 def adapter(path, seed: int, shape=(4, 8), steps: int = 10, config=None, base=BASE, kind="ccm"):
     g = torch.Generator().manual_seed(seed)
-    tensors = {"comp_embeddings": torch.randn(2, 8, generator=g), "lora.layers.0.q.lora_A": torch.randn(*shape, generator=g)}
+    tensors = {"comp_embeddings": torch.randn(2, 8, generator=g),
+               "lora.layers.0.q.lora_A": torch.randn(*shape, generator=g)}
     card = {"kind": kind, "base_model": base, "config": config or {"rank": 4}, "training": {"steps": steps},
             "heldout": {"gap_closed": 0.5}}
     save_adapter(path, tensors, card)
