@@ -28,6 +28,7 @@ from .pipeline import ChatPipeline, Component, ComponentOptions, load_pipeline
 from .runtime.generation import Completion
 from .runtime.kv_state import KVCacheState
 from .runtime.memory import Memory, MemoryOptions, MemoryState
+from .runtime.row_pool import RowPool
 from .runtime.strategy import Capabilities, Strategy, StrategyOptions, StrategyState
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "PipelineConfig",
     "PluginError",
     "ResourceError",
+    "RowPool",
     "SessionError",
     "Strategy",
     "StrategyOptions",

@@ -27,6 +27,7 @@ from .generation import Completion, Delta, generate, run_to_end
 from .kv_state import KVCacheState
 from .memory import SLOT, Memory, MemoryOptions, MemoryState, Message
 from .progress import progress_bar
+from .row_pool import RowPool
 from .session import Session
 from .strategy import Capabilities, Strategy, StrategyOptions, StrategyState
 from .stream import TextStream
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryOptions",
     "MemoryState",
     "Message",
+    "RowPool",
     "Session",
     "StackedStrategy",
     "Strategy",

@@ -12,10 +12,11 @@ A row joins with its session's cache copied in (:meth:`Pool.join`) and leaves wi
 to its session (:meth:`Pool.leave`); both rebuild the buffers at the new row count (once per request, not per
 step), and a leave drops the padding that no row needs any more.
 
-Which strategies pool: those whose states are plain :class:`KVCacheState` caches (their seams — positions, RoPE,
-attention — are per row; ``full``, ``dca`` and memories over them such as CCM). A state with a cache of its own
-(StreamingLLM's ring) or a forward of its own (RCC) decodes on its own state, one row per forward: see
-:func:`poolable`.
+Which strategies pool: a strategy names its pool (:meth:`~longctx_llm.runtime.strategy.Strategy.row_pool`, a
+:class:`RowPool`). The default, :class:`Pool`, takes states that are plain :class:`KVCacheState` caches (their seams
+— positions, RoPE, attention — are per row; ``full``, ``dca`` and memories over them such as CCM); a strategy with a
+cache of its own brings its own pool (StreamingLLM: a ring per row). A state no pool accepts (a forward of its own,
+RCC; a composition) decodes on its own state, one row per forward.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ import torch
 from ..kernels.kv_cache import StaticCache
 from ..model import hf_adapter
 from .kv_state import KVCacheState
+from .row_pool import RowPool
+
+
+def pool_for(strategy, loaded) -> Optional[RowPool]:
+    """The pool the scheduler runs ``strategy``'s rows in: the strategy's own, else :class:`Pool` when it batches
+    padded rows, else None (one forward per request)."""
+    own = strategy.row_pool(loaded)
+    if own is not None:
+        return own
+    return Pool(strategy, loaded) if strategy.capabilities.batching else None
 
 
 def poolable(strategy, state) -> bool:
@@ -42,20 +53,17 @@ def poolable(strategy, state) -> bool:
     )
 
 
-class Pool:
-    """The rows decoding together: one state of the strategy (batch = rows) and, per row, its owner and length."""
+class Pool(RowPool):
+    """Plain KV caches as the rows of one state of the strategy (batch = rows), right-aligned, left-padded."""
 
     def __init__(self, strategy, loaded):
+        super().__init__()
         self.strategy, self.loaded = strategy, loaded
         self.state: Optional[KVCacheState] = None
-        self.owners: list[Any] = []
         self.lengths: list[int] = []  # entries each row holds
 
-    def __len__(self) -> int:
-        return len(self.owners)
-
-    def row(self, owner: Any) -> int:
-        return next(i for i, o in enumerate(self.owners) if o is owner)
+    def accepts(self, state) -> bool:
+        return poolable(self.strategy, state)
 
     # ---- rows in and out ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -88,8 +96,13 @@ class Pool:
         self.owners.append(owner)
         self.lengths.append(n)
 
+    def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
+        tail = self._remove(owner, gained)
+        if keep and gained:
+            append_entries(state, tail)
+
     @torch.inference_mode()
-    def leave(self, owner: Any, gained: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _remove(self, owner: Any, gained: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Remove ``owner``'s row; return its newest ``gained`` entries per layer, (1, H, gained, D) copies."""
         r = self.row(owner)
         L = self.state.seen

@@ -8,9 +8,10 @@ The :class:`Scheduler` owns one thread that runs every request submitted to it, 
 2. a new request's prompt is fed in pieces of at most ``max_batch_tokens`` per step, between the running decodes,
    so a long prompt does not stall the others;
 3. every running request samples its next token (its own parameters and seed) and its text goes out;
-4. the requests whose states pool (:func:`~.batch_pool.poolable`: plain KV caches, their seams per row) feed their
-   tokens as the rows of one forward (:class:`~.batch_pool.Pool`); the others feed theirs one forward each. A lone
-   request decodes on its own state, exactly as without the scheduler.
+4. the requests whose states the strategy's pool accepts (:meth:`~.strategy.Strategy.row_pool`: plain KV caches,
+   their seams per row; StreamingLLM's rings) feed their tokens as the rows of one forward (:class:`~.batch_pool.RowPool`);
+   the others feed theirs one forward each. A lone request decodes on its own state, exactly as without the
+   scheduler.
 
 Each session keeps its own model-side state between turns: a request works on it while it runs (under the session's
 lock, held by the caller), and a pooled row's new entries go back to it when the reply ends. A reader that closes
@@ -32,7 +33,8 @@ import torch
 
 from ..config import BatchingConfig, GenerationConfig
 from ..errors import BusyError
-from .batch_pool import Pool, append_entries, poolable
+from .batch_pool import pool_for
+from .row_pool import RowPool
 from .generation import Completion, Delta, RowDecoder, make_generator, sample
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class Scheduler:
 
     def __init__(self, strategy, loaded, options: BatchingConfig):
         self.strategy, self.loaded, self.options = strategy, loaded, options
-        self.pool = Pool(strategy, loaded)
+        self.pool: Optional[RowPool] = pool_for(strategy, loaded)
         self._cond = threading.Condition()
         self._waiting: list[Request] = []
         self._running: list[Request] = []
@@ -233,7 +235,8 @@ class Scheduler:
                 req.pending = tok
                 feeding.append(req)
         # 3. feed: pooled rows in one forward, the rest one forward each
-        rows = [r for r in feeding if r.pooled or poolable(self.strategy, r.state)]
+        pool = self.pool
+        rows = [r for r in feeding if r.pooled or (pool is not None and pool.accepts(r.state))]
         if len(rows) >= 2 or any(r.pooled for r in rows):  # a lone request decodes on its own state
             for req in rows:
                 if not req.pooled:
@@ -277,10 +280,10 @@ class Scheduler:
     def _leave_pool(self, req: Request, keep: bool) -> None:
         if not req.pooled:
             return
-        entries = self.pool.leave(req, len(req.gained))
+        keep = keep and req.keep_state
+        self.pool.leave(req, req.state, len(req.gained), keep)
         req.pooled = False
-        if keep and req.keep_state and req.gained:
-            append_entries(req.state, entries)
+        if keep and req.gained:
             if req.fed_tokens is not None:
                 req.fed_tokens.extend(req.gained)
         req.gained = []
@@ -320,7 +323,7 @@ class Scheduler:
         try:
             self._leave_pool(req, keep=False)
         except Exception:  # noqa: BLE001 - the error that matters is the first one
-            self.pool = Pool(self.strategy, self.loaded)
+            self.pool = pool_for(self.strategy, self.loaded)
             req.pooled = False
         req.out.put(exc)
         self._release(req)

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import LongctxError, SessionError
 from ..model import hf_adapter
+
+if TYPE_CHECKING:
+    from .row_pool import RowPool
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -84,6 +87,14 @@ class Strategy(ABC):
     @abstractmethod
     def new_state(self, model, batch_size: int = 1) -> "StrategyState":
         """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.model.LoadedModel`)."""
+
+    def row_pool(self, model) -> Optional["RowPool"]:
+        """A pool of this strategy's own in which its sessions decode together under continuous batching (one
+        forward for many replies), or None for the default: plain KV caches pool
+        (:class:`~longctx_llm.runtime.batch_pool.Pool`) when ``capabilities.batching``, else one forward per reply.
+        A strategy with a cache of its own returns a :class:`~longctx_llm.runtime.row_pool.RowPool` of its own
+        (StreamingLLM: a ring per row)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options.model_dump()}

@@ -34,10 +34,9 @@ def test_concurrent_sessions_equal_their_serial_runs(peaked, chat_runs, name):
     engine = Engine(peaked, strategy=strategy, batching={"max_batch": 4, "max_batch_tokens": 32})
     batched = chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=12)
     assert batched == serial
-    if name != "streaming":  # its ring cache does not pool: one forward per request
-        alone = sum(len(v) - 1 for v in serial.values())  # decode forwards one request at a time would take
-        # rows shared them (how many join each step depends on thread timing: at least some forwards were shared)
-        assert engine.scheduler.steps < alone
+    alone = sum(len(v) - 1 for v in serial.values())  # decode forwards one request at a time would take
+    # rows shared them (how many join each step depends on thread timing: at least some forwards were shared)
+    assert engine.scheduler.steps < alone
 
 
 def test_a_reader_that_stops_early_frees_its_row_and_the_session_goes_on(peaked):

@@ -204,6 +204,13 @@ class StreamingStrategy(Strategy):
     def attention_span(self, info) -> int:
         return self.options.sink_tokens + self.options.window  # what it keeps, not the text it has streamed
 
+    def row_pool(self, model):
+        """Sessions on the ring layout decode together, each on its own ring (``pool.py``); the shift layout (and a
+        composition with DCA) decodes one session per forward."""
+        from .pool import RingPool
+
+        return RingPool(self, model) if self.options.layout == "ring" else None
+
     def new_state(self, model, batch_size: int = 1) -> KVCacheState:
         cls = ShiftingStreamingState if self.options.layout == "shift" else StreamingState
         return cls(model, batch_size, self.options)

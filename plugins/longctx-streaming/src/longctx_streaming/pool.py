@@ -1,0 +1,228 @@
+"""StreamingLLM sessions decoding as the rows of one forward (continuous batching, issue 24).
+
+Each session's :class:`~longctx_streaming.cache.SinkWindowCache` is a ring with its own fill, head and RoPE offset
+``base``. In the pool the rows' buffers sit side by side, (rows, H, S + W, D) per layer, and every row keeps its
+own counters: one decode step writes each row's new key at *its* next slot (the slot after its newest token, or
+over its oldest window token once full), rotates its query at its own ``base + slot``, re-rotates its sinks by its
+own ``base``, and attends over its own filled slots. Every row does what its session's cache does for a one-token
+forward (same slots, same rotations, the same rebase schedule), so a row's reply is its serial reply; when it
+leaves, its buffers and counters go back to its session's cache as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from longctx_llm import RowPool
+from longctx_llm.model import hf_adapter
+
+from .buffers import SinkBuffers
+from .cache import SinkWindowCache
+
+
+class RowRings(SinkBuffers):
+    """The rows' rings in one set of buffers; ``plan`` per step, then the model calls ``update`` per layer."""
+
+    def __init__(self, num_layers: int, sink: int, window: int, rotary, device, rebase_every: int):
+        super().__init__(num_layers, sink, window, rotary, device)
+        self.rebase_every = rebase_every
+        self.sink_keys: list[Optional[torch.Tensor]] = [None] * num_layers  # (B, H, S, D) as first rotated
+        self.filled_rows: list[int] = []
+        self.heads: list[int] = []
+        self.bases: list[int] = []
+        self.evicted_rows: list[int] = []
+        self._step: Optional[dict[str, torch.Tensor]] = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.filled_rows)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.filled_rows, default=0)
+
+    # ---- rows in and out -------------------------------------------------------------------------------------
+    def add(self, cache: SinkWindowCache) -> None:
+        """Append a session's ring (batch 1) as the last row."""
+        S = self.sink
+        for i in range(self.num_layers):
+            k, v = cache.keys[i], cache.values[i]
+            sk = cache.sink_keys[i]
+            if sk is None:
+                sk = k[:, :, :S].clone()
+            if self.keys[i] is None:
+                self.keys[i], self.values[i], self.sink_keys[i] = k.clone(), v.clone(), sk.clone()
+            else:
+                self.keys[i] = torch.cat([self.keys[i], k])
+                self.values[i] = torch.cat([self.values[i], v])
+                self.sink_keys[i] = torch.cat([self.sink_keys[i], sk.to(self.sink_keys[i].dtype)])
+        self.filled_rows.append(cache.filled)
+        self.heads.append(cache.head)
+        self.bases.append(cache.base)
+        self.evicted_rows.append(cache.evicted)
+
+    def remove(self, r: int, into: Optional[SinkWindowCache]) -> None:
+        """Drop row ``r``; with ``into``, that session's cache takes the row's buffers and counters as they are."""
+        if into is not None:
+            for i in range(self.num_layers):
+                into.keys[i] = self.keys[i][r : r + 1].clone()
+                into.values[i] = self.values[i][r : r + 1].clone()
+                into.sink_keys[i] = self.sink_keys[i][r : r + 1].clone() if self.sink else None
+                into._sink_pairs[i] = None
+            into.filled, into.head, into.base = self.filled_rows[r], self.heads[r], self.bases[r]
+            into.evicted = self.evicted_rows[r]
+            into._base_t.fill_(into.base)
+            into._update_sink_angles()
+            into._plan = None
+        keep = [i for i in range(self.rows) if i != r]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for i in range(self.num_layers):
+            self.keys[i] = self.keys[i].index_select(0, index)
+            self.values[i] = self.values[i].index_select(0, index)
+            self.sink_keys[i] = self.sink_keys[i].index_select(0, index)
+        for counters in (self.filled_rows, self.heads, self.bases, self.evicted_rows):
+            del counters[r]
+
+    # ---- one step ------------------------------------------------------------------------------------------
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make room for one new token per row; return (slots, rope positions), (B, 1) each."""
+        S, W, C = self.sink, self.window, self.capacity
+        write, slots, fills, rotate = [], [], [], []
+        for r in range(self.rows):
+            if self.bases[r] >= self.rebase_every:
+                self._rebase(r)
+            n = self.filled_rows[r]
+            if n < C:  # nothing evicted yet: the next slot
+                write.append(n)
+                slots.append(n)
+                fills.append(n < S)
+                self.filled_rows[r] = n + 1
+            else:  # over the oldest window token
+                write.append(S + self.heads[r])
+                slots.append(C - 1)
+                fills.append(False)
+                self.heads[r] = (self.heads[r] + 1) % W
+                self.bases[r] += 1
+                self.evicted_rows[r] += 1
+            rotate.append(bool(S) and self.bases[r] > 0 and not fills[-1])
+        dev = self.device
+        base = torch.tensor(self.bases, dtype=torch.long, device=dev)
+        filled = torch.tensor(self.filled_rows, dtype=torch.long, device=dev)
+        step = {
+            "write": torch.tensor(write, dtype=torch.long, device=dev),
+            "fills": torch.tensor(fills, dtype=torch.bool, device=dev)[:, None, None, None],
+            "rotate": torch.tensor(rotate, dtype=torch.bool, device=dev)[:, None, None, None],
+            "valid": (torch.arange(C, device=dev)[None, :] < filled[:, None])[:, None, None, :],  # (B, 1, 1, C)
+        }
+        if any(rotate):
+            step["cs"] = self._angles(base)
+        self._step = step
+        slot = torch.tensor(slots, dtype=torch.long, device=dev)[:, None]
+        return slot, slot + base[:, None]
+
+    def _angles(self, base: torch.Tensor) -> torch.Tensor:
+        """(2, B, 1, 1, D) cos/sin of each row's base (1, 0 past the rotary dims), as the ring computes its own."""
+        D, r = self.keys[0].shape[-1], self.rotary.rotary_dim
+        cs = torch.zeros(2, base.shape[0], D, dtype=torch.float32, device=self.device)
+        cs[0, :, r:] = 1.0
+        cos, sin = self.rotary.cos_sin(base, torch.float32)  # (B, r) each
+        cs[0, :, :r] = cos
+        cs[1, :, :r] = sin
+        return cs[:, :, None, None, :]
+
+    def _rebase(self, r: int) -> None:
+        """Row ``r``'s ring rotated back by its base (what its session's cache does every ``rebase_every``)."""
+        S = self.sink
+        delta = torch.tensor(-self.bases[r], dtype=torch.long, device=self.device)
+        for i in range(self.num_layers):
+            k = self.keys[i]
+            k[r : r + 1, :, S:] = self._rotate(k[r : r + 1, :, S:], delta)
+        self.bases[r] = 0
+
+    # ---- the Cache protocol the models call -------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write each row's new key/value (B, H, 1, D) at its slot; return the whole buffers (masked per row)."""
+        step = self._step
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        rows = torch.arange(k.shape[0], device=k.device)
+        k[rows, :, step["write"]] = key_states[:, :, 0]
+        v[rows, :, step["write"]] = value_states[:, :, 0]
+        S = self.sink
+        if S:
+            self.sink_keys[layer_idx] = torch.where(step["fills"], k[:, :, :S], self.sink_keys[layer_idx])
+            if "cs" in step:
+                sk = self.sink_keys[layer_idx].float()
+                r = self.rotary.rotary_dim
+                half = torch.zeros_like(sk)
+                half[..., :r] = self.rotary.rotate_half(sk[..., :r])
+                cs = step["cs"]
+                turned = torch.addcmul(sk * cs[0], half, cs[1]).to(k.dtype)  # (B, H, S, D): RoPE by each base
+                k[:, :, :S] = torch.where(step["rotate"], turned, k[:, :, :S])
+        return k, v
+
+
+def rows_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
+    """One query per row over that row's filled slots; query (B, H, 1, D), key/value (B, Hkv, S+W, D)."""
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # (B, H, 1, D)
+    return out.transpose(1, 2).contiguous()  # (B, 1, H, D)
+
+
+class RingPool(RowPool):
+    """StreamingLLM sessions (the ring layout) decoding together, each on its own ring."""
+
+    def __init__(self, strategy, loaded):
+        super().__init__()
+        self.strategy, self.loaded = strategy, loaded
+        self.rings: Optional[RowRings] = None
+
+    def accepts(self, state) -> bool:
+        from .strategy import StreamingState
+
+        own = ("logical_positions", "rope_positions", "attention", "attention_extra", "forward", "make_cache")
+        return (
+            type(state) is StreamingState
+            and not any(name in vars(state) for name in own)  # a composition carries another strategy's seams
+            and state.batch_size == 1
+            and state.options == self.strategy.options
+            and isinstance(state.cache, SinkWindowCache)
+            and state.cache.keys[0] is not None
+            and state.cache.rebase_every == self.strategy.options.window
+        )
+
+    def join(self, owner: Any, state) -> None:
+        if self.rings is None:
+            c = state.cache
+            self.rings = RowRings(c.num_layers, c.sink, c.window, c.rotary, c.device, c.rebase_every)
+        with torch.inference_mode():
+            self.rings.add(state.cache)
+        self.owners.append(owner)
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        rings = self.rings
+        slot, rope = rings.plan()
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.loaded.device)[:, None]
+        ctx = hf_adapter.AttentionContext(
+            q_positions=slot, attention=rows_attention, extra={"streaming_valid": rings._step["valid"]}
+        )
+        with getattr(self.loaded, "lock", None) or contextlib.nullcontext():  # one forward at a time per model
+            logits = hf_adapter.forward(self.loaded.model, ids, position_ids=rope, cache=rings, ctx=ctx)
+        return logits[:, -1, :]
+
+    @torch.inference_mode()
+    def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
+        r = self.row(owner)
+        self.rings.remove(r, state.cache if keep else None)
+        del self.owners[r]
+        if keep:
+            state.seen += gained
+            state.real_tokens = state.real_tokens + gained
+            state._graphs = None
+        if not self.owners:
+            self.rings = None

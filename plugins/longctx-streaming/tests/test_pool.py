@@ -1,0 +1,92 @@
+"""StreamingLLM rows decoding together (continuous batching): each row equals its session decoding alone, through
+filling, the first eviction, the sinks' re-rotation and the ring's rebase; leaving gives the session its ring back."""
+
+import pytest
+import torch
+
+from longctx_llm import Engine
+from longctx_streaming import StreamingStrategy
+from longctx_streaming.pool import RingPool
+
+# (arch, sink, window, prompt lengths): rows that start empty-ish, mid-fill, just full, long evicted
+CASES = [("llama", 4, 12, (3, 9, 16, 40)), ("qwen2", 2, 10, (1, 12, 30)), ("gpt_neox", 4, 12, (5, 20)),
+         ("llama", 0, 10, (4, 10, 25))]
+
+
+@pytest.mark.parametrize("arch, sink, window, lengths", CASES)
+def test_rows_decode_as_their_sessions_alone(tiny_model, arch, sink, window, lengths):
+    model = tiny_model(arch, max_positions=256)
+    strategy = StreamingStrategy(sink_tokens=sink, window=window, prefill_chunk_size=4)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 200, (1, n), generator=gen) for n in lengths]
+    alone = [strategy.new_state(model) for _ in prompts]
+    rows = [strategy.new_state(model) for _ in prompts]
+    for a, b, p in zip(alone, rows, prompts):
+        a.forward(p)
+        b.forward(p)
+    pool = RingPool(strategy, model)
+    owners = [object() for _ in prompts]
+    for o, s in zip(owners, rows):
+        assert pool.accepts(s)
+        pool.join(o, s)
+    steps = 3 * window  # every row evicts, and rebases (every `window` evicted tokens) at least once
+    for t in range(steps):
+        tokens = torch.randint(3, 200, (len(prompts),), generator=gen).tolist()
+        expected = torch.cat([a.forward(torch.tensor([[tok]]))[:, -1] for a, tok in zip(alone, tokens)])
+        torch.testing.assert_close(pool.step(tokens), expected, rtol=1e-5, atol=1e-5)
+    assert all(a.cache.evicted >= window for a in alone)
+    # rows leave (the middle one first); each session's ring is then the one it would have had alone
+    for i in (1, 0) + tuple(range(2, len(prompts))):
+        pool.leave(owners[i], rows[i], steps, keep=True)
+        a, b = alone[i], rows[i]
+        assert (b.seen, b.cache.filled, b.cache.head, b.cache.base, b.cache.evicted) == (
+            a.seen, a.cache.filled, a.cache.head, a.cache.base, a.cache.evicted)
+        for ka, kb in zip(a.cache.keys, b.cache.keys):
+            torch.testing.assert_close(kb, ka, rtol=1e-5, atol=1e-5)
+        nxt = torch.tensor([[7]])
+        torch.testing.assert_close(b.forward(nxt), a.forward(nxt), rtol=1e-5, atol=1e-5)
+    assert len(pool) == 0 and pool.rings is None
+
+
+def test_a_row_that_fails_leaves_its_session_as_it_was(tiny_model):
+    model = tiny_model("llama", max_positions=256)
+    strategy = StreamingStrategy(sink_tokens=4, window=12)
+    state = strategy.new_state(model)
+    state.forward(torch.randint(3, 200, (1, 20), generator=torch.Generator().manual_seed(0)))
+    before = (state.seen, state.cache.head, state.cache.base, state.cache.keys[0].clone())
+    pool = RingPool(strategy, model)
+    pool.join("a", state)
+    pool.join("b", _fed(strategy, model, 9))
+    for _ in range(5):
+        pool.step([5, 6])
+    pool.leave("a", state, 5, keep=False)
+    assert (state.seen, state.cache.head, state.cache.base) == before[:3]
+    assert torch.equal(state.cache.keys[0], before[3])
+
+
+def _fed(strategy, model, n):
+    state = strategy.new_state(model)
+    state.forward(torch.randint(3, 200, (1, n), generator=torch.Generator().manual_seed(n)))
+    return state
+
+
+def test_what_the_ring_pool_takes(tiny_model):
+    model = tiny_model("llama", max_positions=256)
+    ring = StreamingStrategy(sink_tokens=4, window=12)
+    pool = ring.row_pool(model)
+    assert isinstance(pool, RingPool)
+    assert not pool.accepts(ring.new_state(model))  # nothing fed yet: nothing to pool
+    assert pool.accepts(_fed(ring, model, 5))
+    assert not pool.accepts(_fed(StreamingStrategy(sink_tokens=4, window=16), model, 5))  # another window
+    assert StreamingStrategy(sink_tokens=4, window=12, layout="shift").row_pool(model) is None
+
+
+def test_concurrent_streaming_sessions_share_forwards(peaked_model, chat_runs):
+    """Through the engine's scheduler: replies equal their serial runs and decode steps are shared."""
+    strategy = {"name": "streaming", "sink_tokens": 4, "window": 24, "prefill_chunk_size": 8}
+    prompts = ["Name a colour.", "Tell me about the sea.", "Count to five.", "Hello!"]
+    lm = peaked_model()
+    serial = chat_runs.serial(Engine(lm, strategy=strategy, batching={"max_batch": 1}), prompts, turns=2, tokens=16)
+    engine = Engine(lm, strategy=strategy, batching={"max_batch": 4, "max_batch_tokens": 32})
+    assert chat_runs.concurrent(engine, prompts, turns=2, tokens=16) == serial
+    assert engine.scheduler.steps < sum(len(v) - 1 for v in serial.values())
