@@ -37,7 +37,7 @@
 #                                     the runs outlast the call); returns after their first log lines
 #   bash benchmarks/gpu.sh mix-wait S up to S seconds: the runs' progress; once both have finished, their adapters
 #                                     (parts of 15 MB) and logs into $OUT
-# Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below).
+# Options of the runs come from CCM_ARGS / RCC_ARGS (appended to the defaults below); CCM_DATA / RCC_DATA: another mix file.
 set -u
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 TEXT=${TEXT:-.data/pydocs-3.11.jsonl.gz}; MODEL=${MODEL:-/root/smol.gguf}; BUDGET=${BUDGET:-420}
@@ -66,7 +66,7 @@ case "${1:-}" in
       --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25 --modes concat,merge \
       --merge-share 0.25 --rank 32 --targets attention,mlp --lr 5e-4 --save-every 400 ${CCM_ARGS:-} \
       > $W/ccm.log 2>&1 &
-    RCC=(--batch 16 --window 1024 --ratio 32 --windows 1,1,2 --encoder-rank 16 --encoder-targets attention,mlp
+    RCC=(--data "${RCC_DATA:-benchmarks/train/broad-mix.yaml}" --batch 16 --window 1024 --ratio 32 --windows 1,1,2 --encoder-rank 16 --encoder-targets attention,mlp
          --slot-rank 16 --lr 5e-4 --save-every 400)
     CUDA_VISIBLE_DEVICES=1 longctx train rcc "${COMMON[@]}" --out $W/rcc "${RCC[@]}" --encoder lora ${RCC_ARGS:-} \
       > $W/rcc.log 2>&1 &
@@ -177,12 +177,12 @@ case "${1:-}" in
   mix-start)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
     mkdir -p ../shared/data && for f in /root/keep/data/*; do ln -sf "$f" ../shared/data/; done
-    COMMON=(--model "$MODEL" --model-name smollm2-135m-instruct --data benchmarks/train/broad-mix.yaml --steps 100000
+    COMMON=(--model "$MODEL" --model-name smollm2-135m-instruct --steps 100000
             --time-budget "$BUDGET" --save-every 200 --lr "${MIX_LR:-3e-4}" --warmup 50)
-    CCM=(--batch 32 --segments 5 --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25
+    CCM=(--data "${CCM_DATA:-benchmarks/train/broad-mix.yaml}" --batch 32 --segments 5 --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25
          --modes concat,merge --merge-share 0.25 --chat-share 0.3 --fact-share 0.3 --rank 32 --targets attention,mlp
          --eval-samples 256)
-    RCC=(--batch 16 --ratio 32 --window 1024 --windows 1,1,2 --continuation 128 --cue 8 --span 64 --recon-share 0.6
+    RCC=(--data "${RCC_DATA:-benchmarks/train/broad-mix.yaml}" --batch 16 --ratio 32 --window 1024 --windows 1,1,2 --continuation 128 --cue 8 --span 64 --recon-share 0.6
          --encoder lora --encoder-rank 16 --encoder-targets attention,mlp --slot-rank 16 --reader-rank 16
          --eval-samples 128)
     if [ "${MIX_INIT:-1}" = 1 ]; then CCM+=(--init /root/keep/init/ccm); RCC+=(--init /root/keep/init/rcc); fi
