@@ -68,13 +68,18 @@ class LoRA(nn.Module):
             x = nn.functional.dropout(x, self.dropout)
         return (x.to(a.dtype) @ a.t()) @ b.t() * self.scale
 
-    def hooks(self, index: Optional[torch.Tensor] = None, start: Optional[int] = None) -> hf_adapter.ForwardHooks:
+    def hooks(self, index: Optional[torch.Tensor] = None, start: Optional[int] = None,
+              rows: Optional[torch.Tensor] = None) -> hf_adapter.ForwardHooks:
         """Hooks adding the delta at positions ``index`` (T_sel,) of every row, at positions ``start..`` of every
-        row, or everywhere when both are None."""
-        if index is not None and start is not None:
-            raise ValueError("LoRA.hooks: give index or start, not both")
+        row, or everywhere when both are None; ``rows`` (B,) bool: everywhere, on those rows only (the others'
+        outputs unchanged, bit for bit)."""
+        if sum(a is not None for a in (index, start, rows)) > 1:
+            raise ValueError("LoRA.hooks: give at most one of index, start, rows")
 
         def projection(layer: int, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            if rows is not None:
+                d = self.delta(layer, name, x).to(out.dtype)
+                return torch.where(rows[:, None, None], out + d, out)
             if start is not None:
                 d = self.delta(layer, name, x[:, start:]).to(out.dtype)
                 return torch.cat([out[:, :start], out[:, start:] + d], dim=1)

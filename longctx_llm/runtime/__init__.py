@@ -20,6 +20,7 @@ not the core: strategies and memories plug in by name through the registry, the 
 """
 
 from . import aio, restore, session, templates, tensor_parallel
+from .batch_pool import KVPool
 from .compose import StackedStrategy
 from .engine import Engine
 from .fast_decode import FastDecodeOptions, fast_decode_defaults
@@ -40,6 +41,7 @@ __all__ = [
     "Engine",
     "FastDecodeOptions",
     "KVCacheState",
+    "KVPool",
     "Memory",
     "MemoryOptions",
     "MemoryState",

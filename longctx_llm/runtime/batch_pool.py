@@ -1,22 +1,23 @@
 """Many sessions' caches as the rows of one KV-cache state: what continuous batching decodes in one forward.
 
 Each session keeps its own state (batch 1) between turns. While its reply is decoded beside others, its cache is
-a row of a :class:`Pool`: a state of the engine's strategy whose :class:`~longctx_llm.kernels.kv_cache.StaticCache`
+a row of a :class:`KVPool`: a state of the engine's strategy whose :class:`~longctx_llm.kernels.kv_cache.StaticCache`
 holds every running reply, right-aligned at the pool's length L and left-padded (row r's keys are
 ``[L - length_r, L)``). One decode step is then one forward of (rows, 1) tokens: every row writes its new key at
 slot L and attends over its own ``[first_r, L + 1)`` (the fixed decode step of
 :class:`~longctx_llm.runtime.kv_state.KVCacheState`, which already takes a left-padded batch); its RoPE position is
 its own token count, so each row computes what it would compute alone.
 
-A row joins with its session's cache copied in (:meth:`Pool.join`) and leaves with the entries it gained copied back
-to its session (:meth:`Pool.leave`); both rebuild the buffers at the new row count (once per request, not per
+A row joins with its session's cache copied in (:meth:`KVPool.join`) and leaves with the entries it gained copied back
+to its session (:meth:`KVPool.leave`); both rebuild the buffers at the new row count (once per request, not per
 step), and a leave drops the padding that no row needs any more.
 
 Which strategies pool: a strategy names its pool (:meth:`~longctx_llm.runtime.strategy.Strategy.row_pool`, a
-:class:`RowPool`). The default, :class:`Pool`, takes states that are plain :class:`KVCacheState` caches (their seams
-— positions, RoPE, attention — are per row; ``full``, ``dca`` and memories over them such as CCM); a strategy with a
-cache of its own brings its own pool (StreamingLLM: a ring per row). A state no pool accepts (a forward of its own,
-RCC; a composition) decodes on its own state, one row per forward.
+:class:`~.row_pool.RowPool`). The default, :class:`KVPool`, takes states that are plain :class:`KVCacheState` caches
+(their seams — positions, RoPE, attention — are per row; ``full``, ``dca`` and memories over them such as CCM); a
+strategy with a cache or a forward of its own brings its own pool (StreamingLLM: a ring per row; RCC: its decoders in
+a :class:`KVPool`, the reader LoRA per row). A state no pool accepts (a composition) decodes on its own, one row per
+forward.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ from .row_pool import RowPool
 
 
 def pool_for(strategy, loaded) -> Optional[RowPool]:
-    """The pool the scheduler runs ``strategy``'s rows in: the strategy's own, else :class:`Pool` when it batches
+    """The pool the scheduler runs ``strategy``'s rows in: the strategy's own, else :class:`KVPool` when it batches
     padded rows, else None (one forward per request)."""
     own = strategy.row_pool(loaded)
     if own is not None:
         return own
-    return Pool(strategy, loaded) if strategy.capabilities.batching else None
+    return KVPool(strategy, loaded) if strategy.capabilities.batching else None
 
 
 def poolable(strategy, state) -> bool:
-    """Whether ``state`` (a session's, batch 1) can decode as a row of a :class:`Pool` of ``strategy``."""
+    """Whether ``state`` (a session's, batch 1) can decode as a row of a :class:`KVPool` of ``strategy``."""
     return (
         bool(strategy.capabilities.batching)
         and isinstance(state, KVCacheState)
@@ -53,7 +54,7 @@ def poolable(strategy, state) -> bool:
     )
 
 
-class Pool(RowPool):
+class KVPool(RowPool):
     """Plain KV caches as the rows of one state of the strategy (batch = rows), right-aligned, left-padded."""
 
     def __init__(self, strategy, loaded):
@@ -137,10 +138,11 @@ class Pool(RowPool):
 
     # ---- one step ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        """Feed one token per row (in row order); return the next logits (rows, V)."""
+    def step(self, tokens: list[int], hooks=None) -> torch.Tensor:
+        """Feed one token per row (in row order), with per-call ``hooks`` if given; return the next logits
+        (rows, V)."""
         ids = torch.tensor(tokens, dtype=torch.long, device=self.loaded.device)[:, None]
-        logits = self.state.forward(ids)[:, -1, :]
+        logits = self.state.forward(ids, hooks=hooks)[:, -1, :]
         for i in range(len(self.lengths)):
             self.lengths[i] += 1
         return logits

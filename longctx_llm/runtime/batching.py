@@ -9,7 +9,7 @@ The :class:`Scheduler` owns one thread that runs every request submitted to it, 
    so a long prompt does not stall the others;
 3. every running request samples its next token (its own parameters and seed) and its text goes out;
 4. the requests whose states the strategy's pool accepts (:meth:`~.strategy.Strategy.row_pool`: plain KV caches,
-   their seams per row; StreamingLLM's rings) feed their tokens as the rows of one forward (:class:`~.batch_pool.RowPool`);
+   their seams per row; StreamingLLM's rings; RCC's decoders) feed their tokens as the rows of one forward (:class:`~.batch_pool.RowPool`);
    the others feed theirs one forward each. A lone request decodes on its own state, exactly as without the
    scheduler.
 
@@ -236,7 +236,12 @@ class Scheduler:
                 feeding.append(req)
         # 3. feed: pooled rows in one forward, the rest one forward each
         pool = self.pool
-        rows = [r for r in feeding if r.pooled or (pool is not None and pool.accepts(r.state))]
+        rows = [r for r in feeding if pool is not None and pool.accepts(r.state)]
+        for req in [r for r in feeding if r.pooled and r not in rows]:  # no longer taken (RCC: a window starts)
+            try:
+                self._leave_pool(req, keep=True)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(req, exc)
         if len(rows) >= 2 or any(r.pooled for r in rows):  # a lone request decodes on its own state
             for req in rows:
                 if not req.pooled:
@@ -244,14 +249,12 @@ class Scheduler:
                     req.pooled = True
             self._pool_step()
         alone = [r for r in feeding if not r.pooled and not r.released.is_set()]
-        if len(alone) > 1 and not self._serial_logged:
-            logger.info("batching: strategy %r decodes one request per forward (its states do not pool)",
-                        self.strategy.name)
+        if len(alone) > 1 and pool is None and not self._serial_logged:
             self._serial_logged = True
+            logger.info("batching: %r decodes one request per forward (its states do not pool)", self.strategy.name)
         for req in alone:
             try:
-                ids = torch.tensor([[req.pending]], dtype=torch.long, device=self.loaded.device)
-                req.logits = req.state.forward(ids)[0, -1, :]
+                req.logits = req.state.forward(torch.tensor([[req.pending]], device=self.loaded.device))[0, -1, :]
             except Exception as exc:  # noqa: BLE001
                 self._fail(req, exc)
                 continue

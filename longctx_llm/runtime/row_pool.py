@@ -28,7 +28,9 @@ class RowPool(ABC):
 
     @abstractmethod
     def accepts(self, state) -> bool:
-        """Whether ``state`` (a session's, batch 1) can decode as a row of this pool."""
+        """Whether ``state`` (a session's, batch 1) can decode its next token as a row of this pool. Asked again of
+        a row in the pool before every step: False makes it leave (its state brought up to date) and feed that
+        token alone (RCC: a token that starts a window compresses the last one first)."""
 
     @abstractmethod
     def join(self, owner: Any, state) -> None:

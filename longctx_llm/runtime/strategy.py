@@ -91,7 +91,7 @@ class Strategy(ABC):
     def row_pool(self, model) -> Optional["RowPool"]:
         """A pool of this strategy's own in which its sessions decode together under continuous batching (one
         forward for many replies), or None for the default: plain KV caches pool
-        (:class:`~longctx_llm.runtime.batch_pool.Pool`) when ``capabilities.batching``, else one forward per reply.
+        (:class:`~longctx_llm.runtime.batch_pool.KVPool`) when ``capabilities.batching``, else one forward per reply.
         A strategy with a cache of its own returns a :class:`~longctx_llm.runtime.row_pool.RowPool` of its own
         (StreamingLLM: a ring per row)."""
         return None

@@ -1,20 +1,61 @@
-"""RCC under the batch scheduler: its state encodes windows and decodes over slots with its own forward, so each
-request decodes alone; concurrent sessions still get exactly their serial replies."""
+"""RCC under the batch scheduler: replies decode together on their decoders (slots and raw text), the compressor's
+reader LoRA only on rows that hold slots; a token that starts a window leaves the pool, compresses, and joins again.
+Concurrent sessions get exactly their serial replies."""
 
 import torch
 
 from longctx_llm import Engine
 from longctx_llm.model import adapters as files
-from rcc_helpers import random_compressor
+from longctx_rcc.pool import RCCPool
+from longctx_rcc.strategy import RCCStrategy
+from rcc_helpers import random_compressor, state
 
 PROMPTS = ["Tell me about the sea and the ships on it, please.", "Count to five.", "Hello!"]
 
 
-def test_rcc_sessions_under_the_scheduler_equal_serial(peaked_model, chat_runs, tmp_path):
-    tiny = peaked_model()
+def _strategy(tiny, tmp_path):
     comp = random_compressor(tiny, ratio=4, window=16)
     comp.save(tmp_path / "c", {"base_model": {"name": "tiny", **files.model_facts(tiny.model)}}, dtype=torch.float32)
-    strategy = {"name": "rcc", "ratio": 4, "window": 16, "compressor": str(tmp_path / "c")}
-    serial = chat_runs.serial(Engine(tiny, strategy=strategy, batching={"max_batch": 1}), PROMPTS, turns=2, tokens=8)
+    return {"name": "rcc", "ratio": 4, "window": 16, "compressor": str(tmp_path / "c")}
+
+
+def test_rcc_sessions_under_the_scheduler_equal_serial(peaked_model, chat_runs, tmp_path):
+    tiny = peaked_model()
+    strategy = _strategy(tiny, tmp_path)
+    serial = chat_runs.serial(Engine(tiny, strategy=strategy, batching={"max_batch": 1}), PROMPTS, turns=2, tokens=12)
     engine = Engine(tiny, strategy=strategy, batching={"max_batch": 4})
-    assert chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=8) == serial
+    assert chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=12) == serial
+    assert engine.scheduler.steps < sum(len(v) - 1 for v in serial.values())  # rows shared forwards
+
+
+def test_rows_with_and_without_slots_decode_as_alone(peaked_model):
+    tiny = peaked_model()
+    comp = random_compressor(tiny, ratio=4, window=16)
+    gen = torch.Generator().manual_seed(3)
+    lengths = (5, 20, 37)  # no slot yet; one window compressed; two
+    prompts = [torch.randint(3, 200, (1, n), generator=gen) for n in lengths]
+    alone, rows = [state(tiny, comp) for _ in prompts], [state(tiny, comp) for _ in prompts]
+    for a, b, p in zip(alone, rows, prompts):
+        a.forward(p)
+        b.forward(p)
+    assert [s.windows for s in rows] == [0, 1, 2]
+    pool = RCCPool(RCCStrategy(ratio=4, window=16), tiny)
+    owners = [object() for _ in prompts]
+    for o, s in zip(owners, rows):
+        assert pool.accepts(s)
+        pool.join(o, s)
+    for _ in range(10):  # the first row reaches 15 tokens: the next one would start a window
+        tokens = torch.randint(3, 200, (3,), generator=gen).tolist()
+        expected = torch.cat([a.forward(torch.tensor([[t]]))[:, -1] for a, t in zip(alone, tokens)])
+        torch.testing.assert_close(pool.step(tokens), expected, rtol=1e-5, atol=1e-5)
+    assert pool.accepts(rows[0])
+    pool.step([4, 5, 6])
+    for a, t in zip(alone, [4, 5, 6]):
+        a.forward(torch.tensor([[t]]))
+    assert not pool.accepts(rows[0])  # 16 tokens: its next token starts the second window
+    for o, b, a in zip(owners, rows, alone):
+        pool.leave(o, b, 11, keep=True)
+        assert (b.text, b.seen, b.windows, b.decoder.seen) == (a.text, a.seen, a.windows, a.decoder.seen)
+        nxt = torch.tensor([[9]])
+        torch.testing.assert_close(b.forward(nxt), a.forward(nxt), rtol=1e-5, atol=1e-5)
+    assert rows[0].windows == 1  # fed alone, the row compressed its first window

@@ -258,6 +258,12 @@ class RCCStrategy(Strategy):
     def attention_span(self, info) -> int:
         return int(info.pretraining_length or self.options.window)
 
+    def row_pool(self, model):
+        """Replies decode together, each on its own decoder (slots and raw text): ``pool.py``."""
+        from .pool import RCCPool
+
+        return RCCPool(self, model)
+
     def new_state(self, model, batch_size: int = 1) -> RCCState:
         if batch_size != 1:
             raise InputError(f"rcc: one sequence at a time (batching is not supported), got batch size {batch_size}")
