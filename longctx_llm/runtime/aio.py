@@ -13,10 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from typing import AsyncIterator, Callable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+
+#: set in a worker thread of :func:`run_sync` / :func:`aiter_sync`: an event its awaiting coroutine sets when it
+#: stops waiting (cancelled, or an async iterator closed early), so work queued for it can be dropped at once
+_GIVEN_UP: "contextvars.ContextVar[Optional[threading.Event]]" = contextvars.ContextVar("longctx_given_up",
+                                                                                         default=None)
+
+
+def given_up() -> Optional[threading.Event]:
+    """The event the awaiting coroutine of this worker thread sets when it stops waiting (None outside one).
+
+    The batching scheduler keeps it with a request: a request whose caller gave up leaves the line (or its row) at
+    the scheduler's next step, even while its reader thread is blocked waiting for its first token."""
+    return _GIVEN_UP.get()
 
 
 def _in_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":
@@ -50,20 +63,33 @@ def _in_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":
 
 
 async def run_sync(fn: Callable[..., T], *args, **kwargs) -> T:
-    """Run a blocking call in a worker thread of its own."""
-    return await _in_thread(lambda: fn(*args, **kwargs))
+    """Run a blocking call in a worker thread of its own; if the awaiting task is cancelled, :func:`given_up` tells
+    the call (a queued reply is dropped, a running one stops at the next step)."""
+    gave_up = threading.Event()
+
+    def call() -> T:
+        _GIVEN_UP.set(gave_up)
+        return fn(*args, **kwargs)
+
+    try:
+        return await _in_thread(call)
+    except asyncio.CancelledError:
+        gave_up.set()
+        raise
 
 
 async def aiter_sync(make_iter: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
     """Iterate a blocking iterator (created in the worker thread) without blocking the loop.
 
-    If the consumer stops early, the producer is told to stop and its iterator is closed in its own thread.
+    If the consumer stops early, the producer is told to stop (:func:`given_up`) and its iterator is closed in its own
+    thread.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
 
     def produce() -> None:
+        _GIVEN_UP.set(stop)  # the consumer sets it when it stops: a reply still in line leaves it at once
         it = None
         try:
             it = make_iter()

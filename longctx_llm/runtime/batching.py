@@ -33,6 +33,7 @@ import torch
 
 from ..config import BatchingConfig, GenerationConfig
 from ..errors import BusyError
+from . import aio
 from .batch_pool import pool_for
 from .row_pool import RowPool
 from .generation import Completion, Delta, RowDecoder, make_generator, sample
@@ -74,6 +75,7 @@ class Request:
     out: "queue.SimpleQueue" = field(default_factory=queue.SimpleQueue)
     released: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
+    given_up: Optional[threading.Event] = None  # set by an async caller that stopped waiting (aio.given_up)
     generator: Optional[torch.Generator] = None
     prefilled: int = 0
     logits: Optional[torch.Tensor] = None  # (V,) of the last fed token, waiting to be sampled
@@ -83,6 +85,11 @@ class Request:
     gained: list[int] = field(default_factory=list)  # tokens fed as a pool row (not yet in the session's state)
     t0: float = 0.0
     t1: float = 0.0
+
+    @property
+    def closed(self) -> bool:
+        """Its reader closed the stream, or its async caller stopped waiting."""
+        return self.cancelled or (self.given_up is not None and self.given_up.is_set())
 
     @property
     def seen(self) -> int:
@@ -112,7 +119,7 @@ class Scheduler:
         req = Request(
             state=state, feed=list(feed), params=params, row=RowDecoder(tokenizer, params, eos_token_ids),
             window=window, prompt_tokens=prompt_tokens, fed_tokens=fed_tokens, keep_state=keep_state,
-            generator=make_generator(params, self.loaded.device),
+            generator=make_generator(params, self.loaded.device), given_up=aio.given_up(),
         )
         with self._cond:
             full = len(self._waiting) >= self.options.max_queue + max(0, self.options.max_batch - len(self._running))
@@ -178,7 +185,7 @@ class Scheduler:
                     if self._stopping or (not self._cond.wait(timeout=30.0) and not self._waiting and not self._running):
                         self._thread = None  # idle: the next submit starts a thread again
                         return
-                dropped = [r for r in self._waiting if r.cancelled]  # closed by their readers before their turn
+                dropped = [r for r in self._waiting if r.closed]  # closed by their readers before their turn
                 for req in dropped:
                     self._waiting.remove(req)
                 while self._waiting and len(self._running) < self.options.max_batch:
@@ -196,7 +203,7 @@ class Scheduler:
 
     def _iteration(self, running: list[Request]) -> None:
         for req in running:
-            if req.cancelled:
+            if req.closed:
                 self._finish(req)
         running = [r for r in running if not r.released.is_set()]
         # 1. prompts, in pieces between the decodes

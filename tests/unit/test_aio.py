@@ -80,3 +80,28 @@ def test_a_call_that_raises_stop_iteration_is_an_error_not_a_hang():
             await asyncio.wait_for(aio.run_sync(next, iter([])), 10)
 
     asyncio.run(main())
+
+
+def test_a_cancelled_caller_is_seen_as_given_up_by_its_worker():
+    """``run_sync``'s worker can tell that its awaiting task was cancelled (the scheduler then drops its reply)."""
+    seen = {}
+    started = threading.Event()
+
+    def work():
+        event = aio.given_up()
+        seen["event"] = event
+        started.set()
+        return event.wait(10)
+
+    async def main():
+        task = asyncio.ensure_future(aio.run_sync(work))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        assert seen["event"].wait(10)
+
+    asyncio.run(main())
+    assert aio.given_up() is None  # outside a worker thread

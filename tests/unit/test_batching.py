@@ -146,3 +146,50 @@ def test_prompt_pieces_keep_a_sliding_windows_boundaries(tiny_model):
     torch.testing.assert_close(fed_in_pieces(20, 16), whole)
     torch.testing.assert_close(fed_in_pieces(7, 16), whole)  # a budget under one piece still moves a whole piece
     assert not torch.allclose(fed_in_pieces(20, None), whole)  # cut anywhere, the window would hold other values
+
+
+def test_an_async_caller_that_gives_up_leaves_the_line_at_the_next_step(peaked):
+    """An async stream (LangChain ``astream``, the server) given up while its request waits behind running ones: the
+    request leaves the line at the scheduler's next step, not once a row frees and it is admitted (its reader thread,
+    blocked waiting for a first token, is told through ``aio.given_up``)."""
+    import asyncio
+
+    from longctx_llm.runtime import aio
+
+    engine = Engine(peaked, batching={"max_batch": 2, "max_queue": 4})
+    sched = engine.scheduler
+    permits = threading.Semaphore(0)
+    step = sched._iteration
+
+    def gated(running):  # the scheduler runs one step per permit
+        permits.acquire()
+        step(running)
+
+    sched._iteration = gated
+
+    async def main():
+        running = [engine.stream(f"Prompt {i}", max_new_tokens=40, temperature=0) for i in range(2)]
+        reader = aio.aiter_sync(lambda: iter(engine.stream("Count to five.", max_new_tokens=8, temperature=0)))
+        pending = asyncio.ensure_future(reader.__anext__())
+        for _ in range(500):
+            if sched.waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert sched.waiting == 1 and sched.running == 2
+        pending.cancel()  # the consumer stops waiting: the generator's cleanup tells the worker
+        for _ in range(3):  # a few steps, far fewer than the 40 tokens of the running replies
+            permits.release()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if pending.done():
+                    break
+            if pending.done():
+                break
+        assert pending.done() and sched.waiting == 0
+        assert sched.running == 2  # the running replies go on
+        sched._iteration = step
+        permits.release()
+        for s in running:
+            s.close()
+
+    asyncio.run(main())
