@@ -88,6 +88,6 @@ class LoRA(nn.Module):
             d = self.delta(layer, name, x[:, index]).to(out.dtype)  # (B, T_sel, out)
             return out.index_add(1, index, d)
 
-        everywhere = index is None and start is None  # the same program at every call: replayable
+        everywhere = index is None and start is None and rows is None  # the same program every call: replayable
         return hf_adapter.ForwardHooks(projections=self.projections, projection=projection,
                                        replay_key=("lora", id(self)) if everywhere else None)

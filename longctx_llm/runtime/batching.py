@@ -91,6 +91,13 @@ class Request:
         """Its reader closed the stream, or its async caller stopped waiting."""
         return self.cancelled or (self.given_up is not None and self.given_up.is_set())
 
+    def drop_unfed(self) -> None:
+        """It ended during its prompt: the session's record of its cache drops what was never fed."""
+        left = len(self.feed) - self.prefilled
+        if left and self.fed_tokens is not None:
+            del self.fed_tokens[len(self.fed_tokens) - left :]
+            self.prefilled = len(self.feed)
+
     @property
     def seen(self) -> int:
         """Tokens the request's sequence holds (its state's, plus those fed as a pool row)."""
@@ -288,9 +295,10 @@ class Scheduler:
 
     # ---- ending a request ------------------------------------------------------------------------------------------
     def _leave_pool(self, req: Request, keep: bool) -> None:
+        """Take ``req``'s row out of the pool; ``keep``: its state goes on from where the row is (always when it
+        leaves mid-reply; at the end only for a session's state)."""
         if not req.pooled:
             return
-        keep = keep and req.keep_state
         self.pool.leave(req, req.state, len(req.gained), keep)
         req.pooled = False
         if keep and req.gained:
@@ -306,17 +314,10 @@ class Scheduler:
                 self._waiting.remove(req)
         req.released.set()
 
-    def _unfed(self, req: Request) -> None:
-        """A request ended during its prompt: the session's record of its cache drops what was never fed."""
-        left = len(req.feed) - req.prefilled
-        if left and req.fed_tokens is not None:
-            del req.fed_tokens[len(req.fed_tokens) - left :]
-            req.prefilled = len(req.feed)
-
     def _finish(self, req: Request) -> None:
-        self._unfed(req)
+        req.drop_unfed()
         try:
-            self._leave_pool(req, keep=True)
+            self._leave_pool(req, keep=req.keep_state)
         except Exception as exc:  # noqa: BLE001
             self._fail(req, exc)
             return
@@ -329,11 +330,17 @@ class Scheduler:
         self._release(req)
 
     def _fail(self, req: Request, exc: BaseException) -> None:
-        self._unfed(req)
+        req.drop_unfed()
         try:
             self._leave_pool(req, keep=False)
         except Exception:  # noqa: BLE001 - the error that matters is the first one
+            # the pool's rows are unknown now: a fresh pool, and every other row fails too (never left waiting)
             self.pool = pool_for(self.strategy, self.loaded)
-            req.pooled = False
+            with self._cond:
+                orphans = [r for r in self._running if r.pooled and r is not req]
+            for r in [req, *orphans]:
+                r.pooled, r.gained = False, []
+            for r in orphans:
+                self._fail(r, exc)
         req.out.put(exc)
         self._release(req)

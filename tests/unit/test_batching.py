@@ -193,3 +193,38 @@ def test_an_async_caller_that_gives_up_leaves_the_line_at_the_next_step(peaked):
             s.close()
 
     asyncio.run(main())
+
+
+def test_a_row_that_fails_to_leave_fails_the_others_instead_of_stranding_them(peaked, monkeypatch):
+    """If giving a row's entries back fails (out of memory), the pool's rows are unknown: every request in it ends
+    with the error (none waits forever) and the scheduler goes on with a fresh pool."""
+    from longctx_llm.runtime import batch_pool
+
+    real, calls = batch_pool.append_entries, []
+
+    def fails_once(state, entries):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated out of memory")
+        return real(state, entries)
+
+    monkeypatch.setattr(batch_pool, "append_entries", fails_once)
+    engine = Engine(peaked, batching={"max_batch": 4})
+    out = {}
+
+    def chat(i):
+        try:
+            out[i] = engine.chat(PROMPTS[i], session_id=str(i), max_new_tokens=6 + 4 * i, temperature=0).text
+        except RuntimeError as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=chat, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads) and len(out) == 3
+    assert any(isinstance(v, RuntimeError) for v in out.values())
+    assert engine.scheduler.running == 0
+    alone = Engine(peaked, batching={"max_batch": 1}).complete("After", max_new_tokens=4, temperature=0).text
+    assert engine.complete("After", max_new_tokens=4, temperature=0).text == alone

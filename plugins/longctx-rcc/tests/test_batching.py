@@ -28,9 +28,11 @@ def test_rcc_sessions_under_the_scheduler_equal_serial(peaked_model, chat_runs, 
     assert engine.scheduler.steps < sum(len(v) - 1 for v in serial.values())  # rows shared forwards
 
 
-def test_rows_with_and_without_slots_decode_as_alone(peaked_model):
+def test_rows_with_and_without_slots_decode_as_alone(peaked_model, tmp_path):
     tiny = peaked_model()
-    comp = random_compressor(tiny, ratio=4, window=16)
+    options = {k: v for k, v in _strategy(tiny, tmp_path).items() if k != "name"}
+    strategy = RCCStrategy(**options)
+    comp = strategy.compressor_for(tiny)
     gen = torch.Generator().manual_seed(3)
     lengths = (5, 20, 37)  # no slot yet; one window compressed; two
     prompts = [torch.randint(3, 200, (1, n), generator=gen) for n in lengths]
@@ -39,7 +41,8 @@ def test_rows_with_and_without_slots_decode_as_alone(peaked_model):
         a.forward(p)
         b.forward(p)
     assert [s.windows for s in rows] == [0, 1, 2]
-    pool = RCCPool(RCCStrategy(ratio=4, window=16), tiny)
+    pool = RCCPool(strategy, tiny)
+    assert not pool.accepts(state(tiny, random_compressor(tiny, seed=1)))  # another compressor's reader
     owners = [object() for _ in prompts]
     for o, s in zip(owners, rows):
         assert pool.accepts(s)
@@ -59,3 +62,25 @@ def test_rows_with_and_without_slots_decode_as_alone(peaked_model):
         nxt = torch.tensor([[9]])
         torch.testing.assert_close(b.forward(nxt), a.forward(nxt), rtol=1e-5, atol=1e-5)
     assert rows[0].windows == 1  # fed alone, the row compressed its first window
+
+
+def test_completions_that_cross_a_window_equal_serial(peaked_model, tmp_path):
+    """Stateless completions (their states are thrown away at the end) still bring their state up to date when a row
+    leaves mid-reply to start a window."""
+    import threading
+
+    tiny = peaked_model()
+    strategy = _strategy(tiny, tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (10, 12, 14)]
+    alone = Engine(tiny, strategy=strategy, batching={"max_batch": 1})
+    serial = [alone.complete_ids(p, max_new_tokens=20, temperature=0).token_ids for p in prompts]
+    engine = Engine(tiny, strategy=strategy, batching={"max_batch": 4})
+    out = {}
+    threads = [threading.Thread(target=lambda i=i, p=p: out.setdefault(
+        i, engine.complete_ids(p, max_new_tokens=20, temperature=0).token_ids)) for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [out.get(i) for i in range(len(prompts))] == serial

@@ -45,7 +45,7 @@ class RCCPool(RowPool):
 
         if type(state) is not RCCState or not self.decoders.accepts(state.decoder):
             return False
-        if self.states and state.compressor is not self.states[0].compressor:
+        if state.compressor is not self.strategy.compressor_for(self.loaded):
             return False  # one forward reads one compressor's reader LoRA
         fed = next((f for s, f in zip(self.states, self.fed) if s is state), [])
         return (state.seen + len(fed)) // state.window <= state.windows  # the next token does not start a window
@@ -73,8 +73,10 @@ class RCCPool(RowPool):
     def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
         r = self.row(owner)
         fed = self.fed[r]
-        self.decoders.leave(owner, state.decoder, len(fed), keep)
+        try:
+            self.decoders.leave(owner, state.decoder, len(fed), keep)
+        finally:  # the row is gone from the decoders' pool whatever happened after: gone from here too
+            del self.owners[r], self.states[r], self.fed[r]
         if keep:
             state.text.extend(fed)
             state.seen += len(fed)
-        del self.owners[r], self.states[r], self.fed[r]

@@ -67,11 +67,12 @@ class RowRings(SinkBuffers):
     def remove(self, r: int, into: Optional[SinkWindowCache]) -> None:
         """Drop row ``r``; with ``into``, that session's cache takes the row's buffers and counters as they are."""
         if into is not None:
-            for i in range(self.num_layers):
-                into.keys[i] = self.keys[i][r : r + 1].clone()
-                into.values[i] = self.values[i][r : r + 1].clone()
-                into.sink_keys[i] = self.sink_keys[i][r : r + 1].clone() if self.sink else None
-                into._sink_pairs[i] = None
+            # every copy first, then the session's cache changes at once (a failed copy leaves it as it was)
+            keys = [k[r : r + 1].clone() for k in self.keys]
+            values = [v[r : r + 1].clone() for v in self.values]
+            sinks = [sk[r : r + 1].clone() if self.sink else None for sk in self.sink_keys]
+            into.keys, into.values, into.sink_keys = keys, values, sinks
+            into._sink_pairs = [None] * self.num_layers
             into.filled, into.head, into.base = self.filled_rows[r], self.heads[r], self.bases[r]
             into.evicted = self.evicted_rows[r]
             into._base_t.fill_(into.base)
