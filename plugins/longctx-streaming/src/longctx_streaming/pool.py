@@ -36,6 +36,7 @@ class RowRings(SinkBuffers):
         self.bases: list[int] = []
         self.evicted_rows: list[int] = []
         self._step: Optional[dict[str, torch.Tensor]] = None
+        self._joining: list[SinkWindowCache] = []  # rows added since the last step, their buffers not copied yet
 
     @property
     def rows(self) -> int:
@@ -46,26 +47,32 @@ class RowRings(SinkBuffers):
 
     # ---- rows in and out -------------------------------------------------------------------------------------
     def add(self, cache: SinkWindowCache) -> None:
-        """Append a session's ring (batch 1) as the last row."""
-        S = self.sink
-        for i in range(self.num_layers):
-            k, v = cache.keys[i], cache.values[i]
-            sk = cache.sink_keys[i]
-            if sk is None:
-                sk = k[:, :, :S].clone()
-            if self.keys[i] is None:
-                self.keys[i], self.values[i], self.sink_keys[i] = k.clone(), v.clone(), sk.clone()
-            else:
-                self.keys[i] = torch.cat([self.keys[i], k])
-                self.values[i] = torch.cat([self.values[i], v])
-                self.sink_keys[i] = torch.cat([self.sink_keys[i], sk.to(self.sink_keys[i].dtype)])
+        """Append a session's ring (batch 1) as the last row (its buffers are copied in at the next step, together
+        with every other row joining then: one copy of the pool per step, not per row)."""
+        self._joining.append(cache)
         self.filled_rows.append(cache.filled)
         self.heads.append(cache.head)
         self.bases.append(cache.base)
         self.evicted_rows.append(cache.evicted)
 
+    def _gather(self) -> None:
+        """Copy the joining rows' buffers in (the sessions' caches stay untouched while their rows run)."""
+        if not self._joining:
+            return
+        S = self.sink
+        for i in range(self.num_layers):
+            old = [] if self.keys[i] is None else [(self.keys[i], self.values[i], self.sink_keys[i])]
+            new = [(c.keys[i], c.values[i], c.sink_keys[i] if c.sink_keys[i] is not None else c.keys[i][:, :, :S])
+                   for c in self._joining]
+            parts = old + new
+            self.keys[i] = torch.cat([k for k, _, _ in parts])
+            self.values[i] = torch.cat([v for _, v, _ in parts])
+            self.sink_keys[i] = torch.cat([sk.to(self.keys[i].dtype) for _, _, sk in parts])
+        self._joining = []
+
     def remove(self, r: int, into: Optional[SinkWindowCache]) -> None:
         """Drop row ``r``; with ``into``, that session's cache takes the row's buffers and counters as they are."""
+        self._gather()
         if into is not None:
             # every copy first, then the session's cache changes at once (a failed copy leaves it as it was)
             keys = [k[r : r + 1].clone() for k in self.keys]
@@ -90,6 +97,7 @@ class RowRings(SinkBuffers):
     # ---- one step ------------------------------------------------------------------------------------------
     def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Make room for one new token per row; return (slots, rope positions), (B, 1) each."""
+        self._gather()
         S, W, C = self.sink, self.window, self.capacity
         write, slots, fills, rotate = [], [], [], []
         for r in range(self.rows):
@@ -112,11 +120,14 @@ class RowRings(SinkBuffers):
         dev = self.device
         base = torch.tensor(self.bases, dtype=torch.long, device=dev)
         filled = torch.tensor(self.filled_rows, dtype=torch.long, device=dev)
+        length = max(self.filled_rows)  # keys past every row's fill are attended by none: not returned
         step = {
+            "length": length,
+            "rows": torch.arange(self.rows, device=dev),
             "write": torch.tensor(write, dtype=torch.long, device=dev),
             "fills": torch.tensor(fills, dtype=torch.bool, device=dev)[:, None, None, None],
             "rotate": torch.tensor(rotate, dtype=torch.bool, device=dev)[:, None, None, None],
-            "valid": (torch.arange(C, device=dev)[None, :] < filled[:, None])[:, None, None, :],  # (B, 1, 1, C)
+            "valid": (torch.arange(length, device=dev)[None, :] < filled[:, None])[:, None, None, :],  # (B, 1, 1, L)
         }
         if any(rotate):
             step["cs"] = self._angles(base)
@@ -145,12 +156,13 @@ class RowRings(SinkBuffers):
 
     # ---- the Cache protocol the models call -------------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Write each row's new key/value (B, H, 1, D) at its slot; return the whole buffers (masked per row)."""
+        """Write each row's new key/value (B, H, 1, D) at its slot; return the buffers up to the fullest row's fill
+        (masked per row)."""
         step = self._step
         k, v = self.keys[layer_idx], self.values[layer_idx]
-        rows = torch.arange(k.shape[0], device=k.device)
-        k[rows, :, step["write"]] = key_states[:, :, 0]
-        v[rows, :, step["write"]] = value_states[:, :, 0]
+        rows, write = step["rows"], step["write"]
+        k[rows, :, write] = key_states[:, :, 0]
+        v[rows, :, write] = value_states[:, :, 0]
         S = self.sink
         if S:
             self.sink_keys[layer_idx] = torch.where(step["fills"], k[:, :, :S], self.sink_keys[layer_idx])
@@ -162,11 +174,12 @@ class RowRings(SinkBuffers):
                 cs = step["cs"]
                 turned = torch.addcmul(sk * cs[0], half, cs[1]).to(k.dtype)  # (B, H, S, D): RoPE by each base
                 k[:, :, :S] = torch.where(step["rotate"], turned, k[:, :, :S])
-        return k, v
+        L = step["length"]
+        return (k, v) if L == self.capacity else (k[:, :, :L], v[:, :, :L])
 
 
 def rows_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
-    """One query per row over that row's filled slots; query (B, H, 1, D), key/value (B, Hkv, S+W, D)."""
+    """One query per row over that row's filled slots; query (B, H, 1, D), key/value (B, Hkv, L, D)."""
     out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
