@@ -168,29 +168,37 @@ def test_an_async_caller_that_gives_up_leaves_the_line_at_the_next_step(peaked):
     sched._iteration = gated
 
     async def main():
-        running = [engine.stream(f"Prompt {i}", max_new_tokens=40, temperature=0) for i in range(2)]
+        with sched._cond:  # both in line before the scheduler's thread looks: it admits them together
+            running = [engine.stream(f"Prompt {i}", max_new_tokens=40, temperature=0) for i in range(2)]
         reader = aio.aiter_sync(lambda: iter(engine.stream("Count to five.", max_new_tokens=8, temperature=0)))
         pending = asyncio.ensure_future(reader.__anext__())
-        for _ in range(500):
-            if sched.waiting == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert sched.waiting == 1 and sched.running == 2
-        pending.cancel()  # the consumer stops waiting: the generator's cleanup tells the worker
-        for _ in range(3):  # a few steps, far fewer than the 40 tokens of the running replies
-            permits.release()
-            for _ in range(100):
+        try:
+            for _ in range(3000):
+                if sched.waiting == 1 and sched.running == 2:
+                    break
                 await asyncio.sleep(0.01)
+            assert sched.waiting == 1 and sched.running == 2
+            pending.cancel()  # the consumer stops waiting: the generator's cleanup tells the worker
+            steps = 0
+            while not pending.done() and steps < 3:  # a few steps, far fewer than the 40 tokens of the running ones
+                permits.release()
+                steps += 1
+                for _ in range(3000):  # (a wait for the step to run, not a timing: 30 s on a loaded machine)
+                    await asyncio.sleep(0.01)
+                    if pending.done() or sched.waiting == 0:
+                        break
+            for _ in range(3000):
                 if pending.done():
                     break
-            if pending.done():
-                break
-        assert pending.done() and sched.waiting == 0
-        assert sched.running == 2  # the running replies go on
-        sched._iteration = step
-        permits.release()
-        for s in running:
-            s.close()
+                await asyncio.sleep(0.01)
+            assert pending.done() and sched.waiting == 0
+            assert sched.running == 2  # the running replies go on
+        finally:  # never leave the scheduler gated (a failure here must fail, not hang)
+            sched._iteration = step
+            for _ in range(100):
+                permits.release()
+            for s in running:
+                s.close()
 
     asyncio.run(main())
 
