@@ -66,7 +66,7 @@ case "${1:-}" in
       --seg-len 64,128,128,192 --comp-tokens 1,2,4,8 --comp-weights 0.15,0.4,0.2,0.25 --modes concat,merge \
       --merge-share 0.25 --rank 32 --targets attention,mlp --lr 5e-4 --save-every 400 ${CCM_ARGS:-} \
       > $W/ccm.log 2>&1 &
-    RCC=(--data "${RCC_DATA:-benchmarks/train/broad-mix.yaml}" --batch 16 --window 1024 --ratio 32 --windows 1,1,2 --encoder-rank 16 --encoder-targets attention,mlp
+    RCC=(--batch 16 --window 1024 --ratio 32 --windows 1,1,2 --encoder-rank 16 --encoder-targets attention,mlp
          --slot-rank 16 --lr 5e-4 --save-every 400)
     CUDA_VISIBLE_DEVICES=1 longctx train rcc "${COMMON[@]}" --out $W/rcc "${RCC[@]}" --encoder lora ${RCC_ARGS:-} \
       > $W/rcc.log 2>&1 &
