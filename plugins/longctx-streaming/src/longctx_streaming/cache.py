@@ -37,6 +37,26 @@ import torch
 from .buffers import SinkBuffers
 
 
+def sink_pair(rotary, sink_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sink keys, their rotate-half) in float32, (B, H, S, D) each: RoPE by ``base`` is then ``k·cos + half·sin``."""
+    sk = sink_keys.float()
+    r = rotary.rotary_dim
+    half = torch.zeros_like(sk)  # zero past the rotary dims: those pass through (cos 1, sin 0)
+    half[..., :r] = rotary.rotate_half(sk[..., :r])
+    return sk, half
+
+
+def base_angles(rotary, bases: torch.Tensor, dim: int) -> torch.Tensor:
+    """(2, N, dim) float32: cos and sin of each of ``bases`` (N,) · inv_freq, 1 and 0 past the rotary dims."""
+    r = rotary.rotary_dim
+    cs = torch.zeros(2, bases.shape[0], dim, dtype=torch.float32, device=bases.device)
+    cs[0, :, r:] = 1.0
+    cos, sin = rotary.cos_sin(bases, torch.float32)  # (N, r) each
+    cs[0, :, :r] = cos
+    cs[1, :, :r] = sin
+    return cs
+
+
 @dataclass
 class Plan:
     """Where one forward's T new tokens go (computed once, applied by every layer's ``update``)."""
@@ -147,24 +167,18 @@ class SinkWindowCache(SinkBuffers):
         """(sink keys, their rotate-half) in float32, (B, H, S, D) each, made once per layer."""
         pair = self._sink_pairs[layer_idx]
         if pair is None:
-            sk = self.sink_keys[layer_idx].float()
-            r = self.rotary.rotary_dim
-            half = torch.zeros_like(sk)  # zero past the rotary dims: those pass through (cos 1, sin 0)
-            half[..., :r] = self.rotary.rotate_half(sk[..., :r])
-            pair = self._sink_pairs[layer_idx] = (sk, half)
+            pair = self._sink_pairs[layer_idx] = sink_pair(self.rotary, self.sink_keys[layer_idx])
         return pair
 
     def _update_sink_angles(self) -> None:
         """Refill the (2, D) cos/sin row of the current base in place (its address stays fixed for graphs)."""
         if not self.sink or self.keys[0] is None:
             return
-        D, r = self.keys[0].shape[-1], self.rotary.rotary_dim
+        cs = base_angles(self.rotary, self._base_t.reshape(1), self.keys[0].shape[-1])[:, 0]  # (2, D)
         if self._sink_cs is None:
-            self._sink_cs = torch.zeros(2, D, dtype=torch.float32, device=self.device)
-            self._sink_cs[0, r:] = 1.0  # dimensions past the rotary ones pass through
-        cos, sin = self.rotary.cos_sin(self._base_t.reshape(1), torch.float32)  # (1, r) each
-        self._sink_cs[0, :r].copy_(cos[0])
-        self._sink_cs[1, :r].copy_(sin[0])
+            self._sink_cs = cs
+        else:
+            self._sink_cs.copy_(cs)
 
     # ---- a memory replacing a finished turn by slots (CCM) --------------------------------------------------------
     def compact_tail(self, drop: int, keep: int) -> None:

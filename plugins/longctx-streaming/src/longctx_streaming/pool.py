@@ -21,7 +21,7 @@ from longctx_llm import RowPool
 from longctx_llm.model import hf_adapter
 
 from .buffers import SinkBuffers
-from .cache import SinkWindowCache
+from .cache import SinkWindowCache, base_angles, sink_pair
 
 
 class RowRings(SinkBuffers):
@@ -130,20 +130,10 @@ class RowRings(SinkBuffers):
             "valid": (torch.arange(length, device=dev)[None, :] < filled[:, None])[:, None, None, :],  # (B, 1, 1, L)
         }
         if any(rotate):
-            step["cs"] = self._angles(base)
+            step["cs"] = base_angles(self.rotary, base, self.keys[0].shape[-1])[:, :, None, None, :]  # (2, B, 1, 1, D)
         self._step = step
         slot = torch.tensor(slots, dtype=torch.long, device=dev)[:, None]
         return slot, slot + base[:, None]
-
-    def _angles(self, base: torch.Tensor) -> torch.Tensor:
-        """(2, B, 1, 1, D) cos/sin of each row's base (1, 0 past the rotary dims), as the ring computes its own."""
-        D, r = self.keys[0].shape[-1], self.rotary.rotary_dim
-        cs = torch.zeros(2, base.shape[0], D, dtype=torch.float32, device=self.device)
-        cs[0, :, r:] = 1.0
-        cos, sin = self.rotary.cos_sin(base, torch.float32)  # (B, r) each
-        cs[0, :, :r] = cos
-        cs[1, :, :r] = sin
-        return cs[:, :, None, None, :]
 
     def _rebase(self, r: int) -> None:
         """Row ``r``'s ring rotated back by its base (what its session's cache does every ``rebase_every``)."""
@@ -167,10 +157,7 @@ class RowRings(SinkBuffers):
         if S:
             self.sink_keys[layer_idx] = torch.where(step["fills"], k[:, :, :S], self.sink_keys[layer_idx])
             if "cs" in step:
-                sk = self.sink_keys[layer_idx].float()
-                r = self.rotary.rotary_dim
-                half = torch.zeros_like(sk)
-                half[..., :r] = self.rotary.rotate_half(sk[..., :r])
+                sk, half = sink_pair(self.rotary, self.sink_keys[layer_idx])
                 cs = step["cs"]
                 turned = torch.addcmul(sk * cs[0], half, cs[1]).to(k.dtype)  # (B, H, S, D): RoPE by each base
                 k[:, :, :S] = torch.where(step["rotate"], turned, k[:, :, :S])
