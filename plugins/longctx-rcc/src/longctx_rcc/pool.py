@@ -39,13 +39,16 @@ class RCCPool(RowPool):
         self.decoders = KVPool(_Decoders(), loaded)
         self.states: list[Any] = []  # the rows' RCC states
         self.fed: list[list[int]] = []  # per row, the tokens fed since it joined
+        self._compressor = None  # the strategy's, whose reader LoRA every row reads
 
     def accepts(self, state) -> bool:
         from .strategy import RCCState
 
         if type(state) is not RCCState or not self.decoders.accepts(state.decoder):
             return False
-        if state.compressor is not self.strategy.compressor_for(self.loaded):
+        if self._compressor is None:  # (asked for every row at every step: looked up once)
+            self._compressor = self.strategy.compressor_for(self.loaded)
+        if state.compressor is not self._compressor:
             return False  # one forward reads one compressor's reader LoRA
         fed = next((f for s, f in zip(self.states, self.fed) if s is state), [])
         return (state.seen + len(fed)) // state.window <= state.windows  # the next token does not start a window
@@ -58,7 +61,7 @@ class RCCPool(RowPool):
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
-        reader = self.states[0].compressor.reader_lora
+        reader = self._compressor.reader_lora
         hooks = None
         with_slots = [s.windows > 0 for s in self.states]
         if reader is not None and any(with_slots):
