@@ -188,11 +188,13 @@ case "${1:-}" in
     if [ "${MIX_INIT:-1}" = 1 ]; then CCM+=(--init /root/keep/init/ccm); RCC+=(--init /root/keep/init/rcc); fi
     export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     # shellcheck disable=SC2086
-    setsid nohup python3 -m longctx_llm.cli --log-level info train ccm "${COMMON[@]}" --out $W/mix-ccm "${CCM[@]}" ${CCM_ARGS:-} \
-      >> $W/mix-ccm.log 2>&1 < /dev/null &
+    # MIX_ONLY=ccm|rcc trains one of the two
     # shellcheck disable=SC2086
-    setsid nohup python3 -m longctx_llm.cli --log-level info train rcc "${COMMON[@]}" --out $W/mix-rcc "${RCC[@]}" ${RCC_ARGS:-} \
-      >> $W/mix-rcc.log 2>&1 < /dev/null &
+    [ "${MIX_ONLY:-ccm}" = ccm ] && setsid nohup python3 -m longctx_llm.cli --log-level info train ccm "${COMMON[@]}" \
+      --out $W/mix-ccm "${CCM[@]}" ${CCM_ARGS:-} >> $W/mix-ccm.log 2>&1 < /dev/null &
+    # shellcheck disable=SC2086
+    [ "${MIX_ONLY:-rcc}" = rcc ] && setsid nohup python3 -m longctx_llm.cli --log-level info train rcc "${COMMON[@]}" \
+      --out $W/mix-rcc "${RCC[@]}" ${RCC_ARGS:-} >> $W/mix-rcc.log 2>&1 < /dev/null &
     sleep "${MIX_SETTLE:-90}"
     for f in ccm rcc; do echo "== $f"; tail -4 $W/mix-$f.log; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader

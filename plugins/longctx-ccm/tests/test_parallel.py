@@ -33,3 +33,50 @@ def test_parallel_equals_turn_by_turn(tiny_model, arch, mode, k):
         want_k, want_v = (ck, cv) if mode == "concat" else (ck[:, :, -k:], cv[:, :, -k:])
         torch.testing.assert_close(k_cache[:, :, : memory.slots], want_k, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(v_cache[:, :, : memory.slots], want_v, atol=2e-5, rtol=1e-4)
+
+
+def _sample(loaded, lens=(9, 13, 7, 11), rows=2):
+    torch.manual_seed(3)
+    return torch.randint(0, 1000, (rows, sum(lens))), Layout(lens, 2, "concat")
+
+
+def test_distilled_loss_parts_are_the_nll_and_the_kl_to_the_plain_forward(tiny_model):
+    from longctx_ccm.parallel import distilled_loss, segment_nll
+
+    loaded = tiny_model("llama", max_positions=256)
+    adapter = random_adapter(loaded, projections=("attention", "mlp"))
+    ids, layout = _sample(loaded)
+    segments = range(1, len(layout.seg_lens))
+    with torch.no_grad():
+        hidden = parallel_hidden(loaded.model, adapter, ids, layout)
+        loss, ce, kl = distilled_loss(loaded.model, hidden, ids, layout, segments, 0.25, chunk=5)
+        torch.testing.assert_close(ce, segment_nll(loaded.model, hidden, ids, layout, segments).mean())
+        # the teacher: the model's own next-token distribution with the whole sample as plain text
+        plain = loaded.model(input_ids=ids).logits.float().log_softmax(-1)
+        mine = loaded.model.get_output_embeddings()(hidden).float().log_softmax(-1)
+        starts = [0, 9, 22, 29, 40]
+        want = []
+        for i in segments:
+            t = plain[:, starts[i] : starts[i + 1] - 1]
+            s = mine[:, layout.text_idx[i][:-1]]
+            want.append((t.exp() * (t - s)).sum(-1))
+        torch.testing.assert_close(kl, torch.cat(want, 1).mean(), atol=1e-5, rtol=1e-5)
+    assert kl > 0
+    torch.testing.assert_close(loss, 0.75 * ce + 0.25 * kl)
+
+
+def test_distilled_loss_in_chunks_has_the_gradient_of_one_chunk(tiny_model):
+    from longctx_ccm.parallel import distilled_loss
+
+    loaded = tiny_model("llama", max_positions=256)
+    grads = []
+    for chunk in (7, 10_000):
+        adapter = random_adapter(loaded, projections=("attention",))
+        ids, layout = _sample(loaded)
+        hidden = parallel_hidden(loaded.model, adapter, ids, layout)
+        loss, _, _ = distilled_loss(loaded.model, hidden, ids, layout, [1, 2, 3], 0.5, chunk=chunk)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None})
+    assert grads[0] and grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4)

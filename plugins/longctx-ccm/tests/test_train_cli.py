@@ -38,6 +38,7 @@ def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tiny_corpus
     (["--segments", "1"], "at least 2"),
     (["--comp-weights", "1,2,3"], "one weight per"),
     (["--chat-share", "0.8", "--fact-share", "0.5"], "together at most 1"),
+    (["--distill", "1.5"], "--distill: expected a weight from 0 to 1, got 1.5"),
 ])
 def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, tmp_path, capsys, bad, match):
     out = tmp_path / "ccm"
@@ -54,8 +55,9 @@ def test_train_on_a_mix_file_reports_each_file_held_out(tiny_model_dir, tiny_cor
     mix.write_text(f"sources:\n  - {{file: {tiny_corpus}, weight: 1}}\n"
                    "  - {file: other.jsonl, weight: 1, group_by: package, size_exponent: 0}\n")
     out = tmp_path / "ccm"
-    assert cli.main(_args(tiny_model_dir, mix, out, 2) + ["--chat-share", "0.5"]) == 0
+    assert cli.main(_args(tiny_model_dir, mix, out, 2) + ["--chat-share", "0.5", "--distill", "0.5"]) == 0
     card = json.loads((out / "adapter.json").read_text())
+    assert card["training"]["distill"] == 0.5
     assert set(card["data"]["sources"][1]["groups"]) == {"book0", "book1"}
     assert card["data"]["sources"][1]["groups"]["book0"]["share"] == 0.25  # exponent 0: groups drawn equally
     assert set(card["heldout_by_source"]) == {"docs", "other"}

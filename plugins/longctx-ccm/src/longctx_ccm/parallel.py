@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 from longctx_llm.model import hf_adapter
 
@@ -130,17 +131,54 @@ def parallel_hidden(
     return out.last_hidden_state
 
 
-def segment_nll(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layout, segments: Sequence[int]) -> torch.Tensor:
-    """Per-token NLL (B, n_tokens) of tokens 1.. of the given segments, each predicted inside its own unit."""
+def _rows(layout: Layout, segments: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the tokens 1.. of the given segments: where their predicting token sits in the layout, and in ``ids``."""
     starts = [0]
     for n in layout.seg_lens:
         starts.append(starts[-1] + n)
-    h_idx, tgt = [], []
-    for i in segments:
-        pos = layout.text_idx[i]
-        h_idx.append(pos[:-1])
-        tgt.append(ids[:, starts[i] + 1 : starts[i + 1]])
-    h = hidden[:, torch.cat(h_idx)]  # (B, M, H)
-    logits = model.get_output_embeddings()(h).float()
-    target = torch.cat(tgt, dim=1)
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, M)
+    h_idx = torch.cat([layout.text_idx[i][:-1] for i in segments])
+    src = torch.cat([torch.arange(starts[i], starts[i + 1] - 1, device=h_idx.device) for i in segments])
+    return h_idx, src
+
+
+def segment_nll(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layout, segments: Sequence[int]) -> torch.Tensor:
+    """Per-token NLL (B, n_tokens) of tokens 1.. of the given segments, each predicted inside its own unit."""
+    h_idx, src = _rows(layout, segments)
+    logits = model.get_output_embeddings()(hidden[:, h_idx]).float()  # (B, M, V)
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, src + 1], reduction="none")  # (B, M)
+
+
+def _ce_and_kl(head, h, teacher_h, target):
+    logp = torch.log_softmax(head(h).float(), dim=-1)
+    with torch.no_grad():
+        teacher = torch.log_softmax(head(teacher_h).float(), dim=-1)
+    ce = -logp.gather(-1, target[..., None])[..., 0]
+    kl = (teacher.exp() * (teacher - logp)).sum(-1)
+    return ce.sum(), kl.sum()
+
+
+def distilled_loss(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layout, segments: Sequence[int],
+                   weight: float, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(1 - weight)·NLL + weight·KL(teacher ‖ memory)`` per token of the given segments, and its two parts.
+
+    The teacher is the model itself with the whole sample as plain text in its context (no slots, no adapter): the
+    memory learns to make the model predict what it would predict had it kept every earlier turn, its register
+    included (an assistant's reply after a system prompt), not only the corpus's next token. The vocabulary-wide
+    part runs in checkpointed chunks of positions, so its memory stays that of one chunk.
+    """
+    h_idx, src = _rows(layout, segments)
+    with torch.no_grad():
+        teacher_h = hf_adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, src]
+    h = hidden[:, h_idx]
+    target = ids[:, src + 1]
+    head = model.get_output_embeddings()
+    B, M = target.shape
+    h, teacher_h, target = h.reshape(B * M, -1), teacher_h.reshape(B * M, -1), target.reshape(B * M)
+    ce = kl = h.new_zeros((), dtype=torch.float32)
+    for a in range(0, B * M, chunk):
+        c, k = torch.utils.checkpoint.checkpoint(
+            _ce_and_kl, head, h[a : a + chunk], teacher_h[a : a + chunk], target[a : a + chunk], use_reentrant=False
+        )
+        ce, kl = ce + c, kl + k
+    ce, kl = ce / (B * M), kl / (B * M)
+    return (1 - weight) * ce + weight * kl, ce.detach(), kl.detach()

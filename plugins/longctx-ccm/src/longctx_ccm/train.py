@@ -27,7 +27,7 @@ from longctx_llm.errors import InputError
 from longctx_llm.train import training
 
 from .adapter import CCMAdapter
-from .parallel import Layout, parallel_hidden, segment_nll
+from .parallel import Layout, distilled_loss, parallel_hidden, segment_nll
 from .samples import SampleMaker
 
 logger = logging.getLogger("longctx_llm.train")
@@ -115,6 +115,9 @@ class CCMTrainer:
         p.add_argument("--chat-share", type=float, default=0.0, help="share of steps on text wrapped in chat turns")
         p.add_argument("--fact-share", type=float, default=0.0,
                        help="share of steps on dialogues whose last turn needs a fact from the first")
+        p.add_argument("--distill", type=float, default=0.0,
+                       help="weight in [0, 1] of the KL to the model's own predictions with the whole sample as text in "
+                            "context (1 - it stays on the next-token loss; default: %(default)s)")
         p.add_argument("--rank", type=int, default=16, help="LoRA rank (default: %(default)s)")
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
         p.add_argument("--targets", default="attention", help="LoRA targets: attention, mlp or both (default: %(default)s)")
@@ -142,6 +145,8 @@ class CCMTrainer:
             raise InputError(
                 f"--chat-share {args.chat_share} and --fact-share {args.fact_share}: each at least 0, together at most 1"
             )
+        if not 0 <= args.distill <= 1:
+            raise InputError(f"--distill: expected a weight from 0 to 1, got {args.distill}")
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
         training.check_out(args.out)  # a file or a foreign folder is refused before any work
@@ -202,7 +207,10 @@ class CCMTrainer:
                                                  warm_from)
                 with autocast:
                     hidden = parallel_hidden(model, adapter, ids, layout)
-                    loss = segment_nll(model, hidden, ids, layout, range(1, args.segments)).mean()
+                    if args.distill > 0:
+                        loss, _, _ = distilled_loss(model, hidden, ids, layout, range(1, args.segments), args.distill)
+                    else:
+                        loss = segment_nll(model, hidden, ids, layout, range(1, args.segments)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -240,7 +248,7 @@ class CCMTrainer:
                 "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
                 "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
                 "comp_weights": weights, "merge_share": args.merge_share if len(modes) == 2 else None,
-                "chat_share": args.chat_share, "fact_share": args.fact_share,
+                "chat_share": args.chat_share, "fact_share": args.fact_share, "distill": args.distill,
                 "command": training.command_line("ccm", args),
             },
             "heldout": {"segments": args.segments, "seg_len": seg, "samples": args.eval_samples, **figures},
