@@ -4,6 +4,8 @@
   (:class:`TokenStream`);
 - :mod:`.training`: options every trainer takes, checkpoints that resume, the step budget, learning-rate schedule,
   progress lines and the adapter card's record of the base model and the run;
+- :mod:`.distill`: self-distillation, the KL to the model's own predictions with the whole text in context
+  (``--distill``);
 - :mod:`.interpolate`: the weights between two adapters of one lineage (``python -m longctx_llm.train.interpolate``;
   not imported here, so it runs as a module without a second copy).
 

@@ -42,6 +42,7 @@ def test_train_writes_a_loadable_compressor_and_resumes(tiny_model_dir, tiny_cor
     (["--window", "60"], "not a multiple of --ratio"),
     (["--span", "80"], "must be positive and fit in the context"),
     (["--windows", "1,x"], "comma-separated integers"),
+    (["--distill", "-0.1"], "--distill: expected a weight from 0 to 1, got -0.1"),
 ])
 def test_train_rejects_bad_options_before_any_work(tiny_model_dir, tiny_corpus, tmp_path, capsys, bad, match):
     out = tmp_path / "rcc"
@@ -87,9 +88,10 @@ def _second_corpus(tmp_path):
 def test_train_on_a_weighted_mix_reports_each_file_held_out(tiny_model_dir, tiny_corpus, tmp_path):
     out = tmp_path / "rcc"
     other = _second_corpus(tmp_path)
-    args = _args(tiny_model_dir, tiny_corpus, out, 2) + ["--data", str(other), "--data-weights", "1,3"]
+    args = _args(tiny_model_dir, tiny_corpus, out, 2) + ["--data", str(other), "--data-weights", "1,3", "--distill", "0.5"]
     assert cli.main(args) == 0
     card = json.loads((out / "adapter.json").read_text())
+    assert card["training"]["distill"] == 0.5
     assert [s["file"] for s in card["data"]["sources"]] == ["docs.jsonl", "other.jsonl"]
     assert [s["weight"] for s in card["data"]["sources"]] == [0.25, 0.75]
     assert [s["heldout_documents"] for s in card["data"]["sources"]] == [1, 1]
@@ -131,3 +133,26 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_model_d
     a = RCCCompressor.load(straight, loaded.model, loaded.fingerprint).tensors()
     b = RCCCompressor.load(resumed, loaded.model, loaded.fingerprint).tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same data, same steps
+
+
+def test_the_distilled_loss_reads_the_teacher_at_the_tokens_it_scores(tiny_model):
+    from rcc_helpers import random_compressor
+    from longctx_rcc.train import decoder_pass, distilled_text_loss, encode_context, text_nll
+
+    loaded = tiny_model("llama", max_positions=256)
+    model = loaded.model
+    comp = random_compressor(loaded)
+    torch.manual_seed(0)
+    ctx, text = torch.randint(0, 1000, (2, 32)), torch.randint(0, 1000, (2, 10))
+    with torch.no_grad():
+        states = encode_context(model, comp, ctx)
+        hidden = decoder_pass(model, comp, states, text)
+        P, first = states.shape[1], 3
+        nll = text_nll(model, hidden, text, P, first).mean()
+        torch.testing.assert_close(distilled_text_loss(model, hidden, ctx, text, P, first, 0.0), nll)
+        teacher = model(input_ids=torch.cat([ctx, text], 1)).logits[:, 32 + first - 1 : -1].float().log_softmax(-1)
+        mine = model.get_output_embeddings()(hidden[:, P + first - 1 : P + 9]).float().log_softmax(-1)
+        kl = (teacher.exp() * (teacher - mine)).sum(-1).mean()
+        torch.testing.assert_close(distilled_text_loss(model, hidden, ctx, text, P, first, 1.0), kl, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(distilled_text_loss(model, hidden, ctx, text, P, first, 0.5), (nll + kl) / 2,
+                                   atol=1e-5, rtol=1e-5)

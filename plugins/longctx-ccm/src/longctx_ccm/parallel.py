@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-import torch.utils.checkpoint
 
 from longctx_llm.model import hf_adapter
+from longctx_llm.train import distill
 
 from .adapter import CCMAdapter
 
@@ -148,37 +148,15 @@ def segment_nll(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layout, 
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, src + 1], reduction="none")  # (B, M)
 
 
-def _ce_and_kl(head, h, teacher_h, target):
-    logp = torch.log_softmax(head(h).float(), dim=-1)
-    with torch.no_grad():
-        teacher = torch.log_softmax(head(teacher_h).float(), dim=-1)
-    ce = -logp.gather(-1, target[..., None])[..., 0]
-    kl = (teacher.exp() * (teacher - logp)).sum(-1)
-    return ce.sum(), kl.sum()
-
-
 def distilled_loss(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layout, segments: Sequence[int],
                    weight: float, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(1 - weight)·NLL + weight·KL(teacher ‖ memory)`` per token of the given segments, and its two parts.
+    """``(1 - weight)·NLL + weight·KL(teacher ‖ memory)`` over tokens 1.. of the given segments, and its two parts.
 
-    The teacher is the model itself with the whole sample as plain text in its context (no slots, no adapter): the
-    memory learns to make the model predict what it would predict had it kept every earlier turn, its register
-    included (an assistant's reply after a system prompt), not only the corpus's next token. The vocabulary-wide
-    part runs in checkpointed chunks of positions, so its memory stays that of one chunk.
+    The teacher (:mod:`longctx_llm.train.distill`) is the model itself with the whole sample as plain text in its
+    context: no slots, no adapter, ordinary positions.
     """
     h_idx, src = _rows(layout, segments)
     with torch.no_grad():
-        teacher_h = hf_adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, src]
-    h = hidden[:, h_idx]
-    target = ids[:, src + 1]
-    head = model.get_output_embeddings()
-    B, M = target.shape
-    h, teacher_h, target = h.reshape(B * M, -1), teacher_h.reshape(B * M, -1), target.reshape(B * M)
-    ce = kl = h.new_zeros((), dtype=torch.float32)
-    for a in range(0, B * M, chunk):
-        c, k = torch.utils.checkpoint.checkpoint(
-            _ce_and_kl, head, h[a : a + chunk], teacher_h[a : a + chunk], target[a : a + chunk], use_reentrant=False
-        )
-        ce, kl = ce + c, kl + k
-    ce, kl = ce / (B * M), kl / (B * M)
-    return (1 - weight) * ce + weight * kl, ce.detach(), kl.detach()
+        teacher = hf_adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, src]
+    nll, kl = distill.nll_and_kl(model.get_output_embeddings(), hidden[:, h_idx], teacher, ids[:, src + 1], chunk)
+    return distill.mixed(nll, kl, weight), nll.detach(), kl.detach()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from longctx_llm.errors import InputError
-from longctx_llm.train import training
+from longctx_llm.train import distill, training
 
 from .adapter import CCMAdapter
 from .parallel import Layout, distilled_loss, parallel_hidden, segment_nll
@@ -115,9 +115,7 @@ class CCMTrainer:
         p.add_argument("--chat-share", type=float, default=0.0, help="share of steps on text wrapped in chat turns")
         p.add_argument("--fact-share", type=float, default=0.0,
                        help="share of steps on dialogues whose last turn needs a fact from the first")
-        p.add_argument("--distill", type=float, default=0.0,
-                       help="weight in [0, 1] of the KL to the model's own predictions with the whole sample as text in "
-                            "context (1 - it stays on the next-token loss; default: %(default)s)")
+        distill.add_argument(p)
         p.add_argument("--rank", type=int, default=16, help="LoRA rank (default: %(default)s)")
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
         p.add_argument("--targets", default="attention", help="LoRA targets: attention, mlp or both (default: %(default)s)")
@@ -145,8 +143,7 @@ class CCMTrainer:
             raise InputError(
                 f"--chat-share {args.chat_share} and --fact-share {args.fact_share}: each at least 0, together at most 1"
             )
-        if not 0 <= args.distill <= 1:
-            raise InputError(f"--distill: expected a weight from 0 to 1, got {args.distill}")
+        distill.check(args.distill)
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
         training.check_out(args.out)  # a file or a foreign folder is refused before any work

@@ -29,7 +29,7 @@ import torch
 from longctx_llm.errors import InputError
 from longctx_llm.eval import RECALL_INSTRUCTION
 from longctx_llm.model import hf_adapter
-from longctx_llm.train import training
+from longctx_llm.train import distill, training
 
 from .compressor import RCCCompressor
 
@@ -61,6 +61,19 @@ def text_nll(model, hidden: torch.Tensor, text: torch.Tensor, P: int, first: int
     h = hidden[:, P + first - 1 : P + text.shape[1] - 1]
     logits = model.get_output_embeddings()(h).float()
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), text[:, first:], reduction="none")
+
+
+def distilled_text_loss(model, hidden: torch.Tensor, context: torch.Tensor, text: torch.Tensor, P: int, first: int,
+                        weight: float) -> torch.Tensor:
+    """``(1 - weight)·NLL + weight·KL(teacher ‖ reader)`` over text tokens ``first..``; the teacher is the model
+    itself reading ``[context][text]`` as plain text (:mod:`longctx_llm.train.distill`)."""
+    with torch.no_grad():
+        full = torch.cat([context, text], 1)
+        teacher = hf_adapter.decoder(model)(input_ids=full, use_cache=False).last_hidden_state
+        teacher = teacher[:, context.shape[1] + first - 1 : -1]
+    h = hidden[:, P + first - 1 : P + text.shape[1] - 1]
+    nll, kl = distill.nll_and_kl(model.get_output_embeddings(), h, teacher, text[:, first:])
+    return distill.mixed(nll, kl, weight)
 
 
 class Sampler:
@@ -154,6 +167,7 @@ class RCCTrainer:
         p.add_argument("--cue", type=int, default=8)
         p.add_argument("--span", type=int, default=64)
         p.add_argument("--recon-share", type=float, default=0.5, help="share of reconstruction steps")
+        distill.add_argument(p)
         p.add_argument("--encoder", choices=["lora", "full"], default="lora", help="LoRA on the model, or a full copy")
         p.add_argument("--encoder-rank", type=int, default=16)
         p.add_argument("--encoder-targets", default="attention,mlp")
@@ -183,6 +197,7 @@ class RCCTrainer:
                 f"--cue {args.cue} and --span {args.span} must be positive and fit in the context "
                 f"(--window {args.window} x {min(n_windows)} window(s))"
             )
+        distill.check(args.distill)
         training.check_out(args.out)  # a file or a foreign folder is refused before any work
         sources = training.read_data(args)  # bad data is refused before the model loads
         loaded = ModelHandle(args.model, device=args.device, dtype=args.dtype).get()
@@ -255,7 +270,10 @@ class RCCTrainer:
                 with autocast:
                     states = encode_context(model, comp, ctx)
                     hidden = decoder_pass(model, comp, states, text)
-                    loss = text_nll(model, hidden, text, states.shape[1], first).mean()
+                    if args.distill > 0:
+                        loss = distilled_text_loss(model, hidden, ctx, text, states.shape[1], first, args.distill)
+                    else:
+                        loss = text_nll(model, hidden, text, states.shape[1], first).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
@@ -291,7 +309,7 @@ class RCCTrainer:
             "data": data_info,
             "training": {
                 "steps": step, "batch": args.batch, "windows": n_windows, "continuation": args.continuation,
-                "cue": args.cue, "span": args.span, "recon_share": args.recon_share, "lr": args.lr,
+                "cue": args.cue, "span": args.span, "recon_share": args.recon_share, "distill": args.distill, "lr": args.lr,
                 "bridge_lr": blr, "encoder_lr": elr if full else None, "warmup": args.warmup, "tokens": tokens_seen, "wall_time_s": round(wall, 1),
                 "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
                 "command": training.command_line("rcc", args),
