@@ -14,7 +14,7 @@ May import: torch, :mod:`longctx_llm.errors`, :mod:`longctx_llm.model` (adapter 
 reads what an adapter was trained on). Not the runtime's engine: a trainer drives the model directly.
 """
 
-from . import datamix, training
+from . import datamix, distill, training
 from .datamix import TokenStream
 
-__all__ = ["TokenStream", "datamix", "training"]
+__all__ = ["TokenStream", "datamix", "distill", "training"]
