@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from pathlib import Path
 
 ROWS = {"pydocs-3.11": "1-pydocs-heldout.json", "general-en": "2-general-en-heldout.json"}
@@ -28,8 +27,10 @@ SETUP = {
 
 
 def option(command: str, name: str):
-    words = shlex.split(command)
-    return words[words.index(name) + 1] if name in words else None
+    """Every value of ``name`` in a trainer's recorded command line (comma-joined), or None."""
+    words = command.split()  # training.command_line joins the words with spaces
+    values = [words[i + 1] for i, w in enumerate(words[:-1]) if w == name]
+    return ",".join(values) if values else None
 
 
 def this_round(card: dict) -> dict:
@@ -70,7 +71,13 @@ def main(argv=None) -> int:
     card = json.loads(path.read_text())
     previous = json.loads((Path(args.previous) / "adapter.json").read_text())
     rounds = list(previous["training"].get("rounds") or [])
-    if not rounds or rounds[-1]["steps_at_end"] != card["training"]["steps"]:
+    if not rounds:
+        raise SystemExit(f"{args.previous}: its card has no training.rounds to continue")
+    steps = card["training"]["steps"]
+    if steps < rounds[-1]["steps_at_end"]:
+        raise SystemExit(f"{args.card} ends at step {steps}, before {args.previous} ({rounds[-1]['steps_at_end']}): "
+                         "not a continuation of it")
+    if steps > rounds[-1]["steps_at_end"]:
         rounds.append(this_round(card))
     card["training"]["rounds"] = rounds
     card["training"]["note"] = previous["training"].get("note") or (
@@ -79,12 +86,14 @@ def main(argv=None) -> int:
     setup = SETUP[args.kind]
     samples: set = set()
     by_source = recent_figures(args.kind, Path(args.figures), samples)
-    k = int(json.loads((Path(args.figures) / ROWS["general-en"]).read_text())["results"][0]["recent_tokens"])
+    ks = {int(key.rsplit("_", 1)[1]) for row in by_source.values() for key in row if key.startswith("ppl_recent_")}
+    if len(samples) != 1 or len(ks) != 2:
+        raise SystemExit(f"{args.figures}: the rows differ in samples {sorted(samples)} or kept positions {sorted(ks)}")
+    k, n = min(ks), samples.pop()
     figures = {
-        "device": args.device, "samples": samples.pop() if len(samples) == 1 else sorted(samples),
-        "context_tokens": setup["context"], "date": args.date,
+        "device": args.device, "samples": n, "context_tokens": setup["context"], "date": args.date,
         "command": f"longctx eval gap PIPELINE --text FILE --split heldout --context {setup['context']}{setup['extra']} "
-                   "--samples 32 --recent-multiples 1,4",
+                   f"--samples {n} --recent-multiples 1,4",
         "note": f"ppl_recent_k: the target after only the last k raw tokens of the context ({k} = the positions kept)",
     }
     if setup["pipeline"]:

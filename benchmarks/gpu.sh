@@ -189,6 +189,7 @@ case "${1:-}" in
     export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     # shellcheck disable=SC2086
     # MIX_ONLY=ccm|rcc trains one of the two
+    case "${MIX_ONLY:-}" in ""|ccm|rcc) ;; *) echo "MIX_ONLY: expected ccm or rcc, got '$MIX_ONLY'" >&2; exit 2;; esac
     # shellcheck disable=SC2086
     [ "${MIX_ONLY:-ccm}" = ccm ] && setsid nohup python3 -m longctx_llm.cli --log-level info train ccm "${COMMON[@]}" \
       --out $W/mix-ccm "${CCM[@]}" ${CCM_ARGS:-} >> $W/mix-ccm.log 2>&1 < /dev/null &

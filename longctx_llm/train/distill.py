@@ -48,6 +48,8 @@ def nll_and_kl(head, hidden: torch.Tensor, teacher_hidden: torch.Tensor, target:
     H = hidden.shape[-1]
     h, t, y = hidden.reshape(-1, H), teacher_hidden.detach().reshape(-1, H), target.reshape(-1)
     n = y.numel()
+    if n == 0:
+        raise InputError("distillation needs at least one scored position; got none (segments too short?)")
     nll = kl = h.new_zeros((), dtype=torch.float32)
     for a in range(0, n, chunk):
         c, k = torch.utils.checkpoint.checkpoint(_chunk, head, h[a : a + chunk], t[a : a + chunk], y[a : a + chunk],

@@ -44,8 +44,51 @@ def test_rounds_continue_the_previous_card_and_the_figures_come_from_the_eval_fi
     assert "--turn-tokens 128" in got["command"] and got["samples"] == 32
 
 
+def _setup(tmp_path, prev_steps, new_steps, cmd="longctx train rcc --data a.jsonl --data b.jsonl"):
+    old, new, figs = tmp_path / "old", tmp_path / "new", tmp_path / "figs"
+    for d in (old, new, figs):
+        d.mkdir()
+    (old / "adapter.json").write_text(json.dumps({"training": {"steps": prev_steps, "rounds": [
+        {"data": "a.jsonl", "device": "H200", "time_budget_s": None, "steps_at_end": prev_steps}]}}))
+    (new / "adapter.json").write_text(json.dumps({"training": {"steps": new_steps, "device": "H100", "command": cmd}}))
+    (figs / "1-pydocs-heldout.json").write_text(json.dumps(_gap(10.0, 32)))
+    (figs / "2-general-en-heldout.json").write_text(json.dumps(_gap(14.0, 32)))
+    return [str(new), "--kind", "rcc", "--previous", str(old), "--figures", str(figs), "--date", "d"], new
+
+
+def test_every_data_file_is_recorded_and_a_missing_budget_is_none(tmp_path):
+    argv, new = _setup(tmp_path, 10, 20)
+    assert _script().main(argv) == 0
+    last = json.loads((new / "adapter.json").read_text())["training"]["rounds"][-1]
+    assert last == {"data": "a.jsonl,b.jsonl", "device": "H100", "time_budget_s": None, "steps_at_end": 20}
+
+
+def test_a_card_at_the_previous_steps_adds_no_round(tmp_path):
+    argv, new = _setup(tmp_path, 20, 20)
+    assert _script().main(argv) == 0
+    assert len(json.loads((new / "adapter.json").read_text())["training"]["rounds"]) == 1
+
+
+def test_a_run_that_does_not_continue_the_previous_adapter_is_refused(tmp_path):
+    argv, new = _setup(tmp_path, 30, 20)
+    with pytest.raises(SystemExit, match="not a continuation"):
+        _script().main(argv)
+    assert "rounds" not in json.loads((new / "adapter.json").read_text())["training"]
+
+
+def test_rows_of_different_sample_counts_are_refused(tmp_path):
+    argv, _ = _setup(tmp_path, 10, 20)
+    figs = tmp_path / "figs" / "1-pydocs-heldout.json"
+    row = _gap(10.0, 32)
+    row["results"][0]["samples"] = 16
+    figs.write_text(json.dumps(row))
+    with pytest.raises(SystemExit, match="differ in samples"):
+        _script().main(argv)
+
+
 def test_a_missing_figures_file_fails_loudly(tmp_path):
-    (tmp_path / "adapter.json").write_text(json.dumps({"training": {"steps": 1, "device": "x", "command": "c"}}))
+    (tmp_path / "adapter.json").write_text(json.dumps({"training": {"steps": 1, "device": "x", "command": "c",
+                                                                    "rounds": [{"steps_at_end": 1}]}}))
     with pytest.raises(FileNotFoundError):
         _script().main([str(tmp_path), "--kind", "rcc", "--previous", str(tmp_path), "--figures", str(tmp_path),
                         "--date", "d"])

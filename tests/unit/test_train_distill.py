@@ -39,6 +39,12 @@ def test_chunks_give_the_gradient_of_one_pass_and_none_reaches_the_teacher():
     torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
+def test_no_scored_position_is_a_clear_error():
+    head, h, t, y = _case()
+    with pytest.raises(InputError, match="at least one scored position"):
+        distill.nll_and_kl(head, h[:, :0], t[:, :0], y[:, :0])
+
+
 @pytest.mark.parametrize("bad", [-0.5, 1.01])
 def test_a_weight_outside_0_1_is_refused(bad):
     with pytest.raises(InputError, match=f"--distill: expected a weight from 0 to 1, got {bad}"):

@@ -156,3 +156,7 @@ def test_the_distilled_loss_reads_the_teacher_at_the_tokens_it_scores(tiny_model
         torch.testing.assert_close(distilled_text_loss(model, hidden, ctx, text, P, first, 1.0), kl, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(distilled_text_loss(model, hidden, ctx, text, P, first, 0.5), (nll + kl) / 2,
                                    atol=1e-5, rtol=1e-5)
+        # independently: the teacher's distribution for text token j is the model's last logits after ctx + text[:j]
+        j = first + 2
+        alone = model(input_ids=torch.cat([ctx, text[:, :j]], 1)).logits[:, -1].float().log_softmax(-1)
+        torch.testing.assert_close(teacher[:, j - first], alone, atol=1e-5, rtol=1e-5)
