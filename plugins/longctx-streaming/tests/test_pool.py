@@ -26,9 +26,13 @@ def test_rows_decode_as_their_sessions_alone(tiny_model, arch, sink, window, len
         b.forward(p)
     pool = RingPool(strategy, model)
     owners = [object() for _ in prompts]
+    # what a session's captured CUDA graphs read: the addresses of its buffers (and float32 sink pairs)
+    addresses = [_addresses(s.cache) for s in rows]
+    marker = object()
     for o, s in zip(owners, rows):
         assert pool.accepts(s)
         pool.join(o, s)
+        s._graphs = marker
     steps = 3 * window  # every row evicts, and rebases (every `window` evicted tokens) at least once
     for t in range(steps):
         tokens = torch.randint(3, 200, (len(prompts),), generator=gen).tolist()
@@ -43,6 +47,9 @@ def test_rows_decode_as_their_sessions_alone(tiny_model, arch, sink, window, len
             a.seen, a.cache.filled, a.cache.head, a.cache.base, a.cache.evicted)
         for ka, kb in zip(a.cache.keys, b.cache.keys):
             torch.testing.assert_close(kb, ka, rtol=1e-5, atol=1e-5)
+        # the ring came back into the session's own tensors: its graphs stay valid and are kept
+        assert _addresses(b.cache) == addresses[i] and b._graphs is marker
+        b._graphs = None
         nxt = torch.tensor([[7]])
         torch.testing.assert_close(b.forward(nxt), a.forward(nxt), rtol=1e-5, atol=1e-5)
     assert len(pool) == 0 and pool.rings is None
@@ -90,3 +97,25 @@ def test_concurrent_streaming_sessions_share_forwards(peaked_model, chat_runs):
     engine = Engine(lm, strategy=strategy, batching={"max_batch": 4, "max_batch_tokens": 32})
     assert chat_runs.concurrent(engine, prompts, turns=2, tokens=16) == serial
     assert engine.scheduler.steps < sum(len(v) - 1 for v in serial.values())
+
+
+def _addresses(cache):
+    pairs = [t.data_ptr() for p in cache._sink_pairs if p is not None for t in p]
+    return ([k.data_ptr() for k in cache.keys], [v.data_ptr() for v in cache.values],
+            [sk.data_ptr() for sk in cache.sink_keys if sk is not None], pairs)
+
+
+def test_a_ring_that_cannot_go_back_in_place_replaces_the_buffers_and_drops_the_graphs(tiny_model):
+    model = tiny_model("llama", max_positions=256)
+    strategy = StreamingStrategy(sink_tokens=4, window=12)
+    state = _fed(strategy, model, 20)
+    pool = RingPool(strategy, model)
+    pool.join("a", state)
+    pool.step([5])
+    state._graphs = "captured"
+    state.cache.keys[0] = state.cache.keys[0][:, :, :-1].clone()  # another shape: no copy in place
+    pool.leave("a", state, 1, keep=True)
+    assert state._graphs is None and state.cache.keys[0].shape[2] == state.cache.capacity
+    alone = _fed(strategy, model, 20)
+    alone.forward(torch.tensor([[5]]))
+    torch.testing.assert_close(state.forward(torch.tensor([[9]])), alone.forward(torch.tensor([[9]])))

@@ -70,16 +70,19 @@ class RowRings(SinkBuffers):
             self.sink_keys[i] = torch.cat([sk.to(self.keys[i].dtype) for _, _, sk in parts])
         self._joining = []
 
-    def remove(self, r: int, into: Optional[SinkWindowCache]) -> None:
-        """Drop row ``r``; with ``into``, that session's cache takes the row's buffers and counters as they are."""
+    def remove(self, r: int, into: Optional[SinkWindowCache]) -> bool:
+        """Drop row ``r``; with ``into``, that session's cache takes the row's buffers and counters as they are.
+
+        The buffers go back into the session's own tensors, in place, so every address its captured CUDA graphs
+        read stays valid; True when they did (False: they were replaced, and the session's graphs must go)."""
         self._gather()
+        in_place = True
         if into is not None:
             # every copy first, then the session's cache changes at once (a failed copy leaves it as it was)
             keys = [k[r : r + 1].clone() for k in self.keys]
             values = [v[r : r + 1].clone() for v in self.values]
             sinks = [sk[r : r + 1].clone() if self.sink else None for sk in self.sink_keys]
-            into.keys, into.values, into.sink_keys = keys, values, sinks
-            into._sink_pairs = [None] * self.num_layers
+            in_place = _copy_into(into, keys, values, sinks)
             into.filled, into.head, into.base = self.filled_rows[r], self.heads[r], self.bases[r]
             into.evicted = self.evicted_rows[r]
             into._base_t.fill_(into.base)
@@ -93,6 +96,7 @@ class RowRings(SinkBuffers):
             self.sink_keys[i] = self.sink_keys[i].index_select(0, index)
         for counters in (self.filled_rows, self.heads, self.bases, self.evicted_rows):
             del counters[r]
+        return in_place
 
     # ---- one step ------------------------------------------------------------------------------------------
     def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +169,32 @@ class RowRings(SinkBuffers):
         return (k, v) if L == self.capacity else (k[:, :, :L], v[:, :, :L])
 
 
+def _copy_into(cache: SinkWindowCache, keys: list, values: list, sinks: list) -> bool:
+    """Write a row's buffers into ``cache``'s own tensors (and refresh its float32 sink pairs in place); where one
+    is missing or of another shape, or a copy fails, the cache takes the new tensors instead. True: all in place."""
+    same = all(
+        old is not None and old.shape == new.shape and old.dtype == new.dtype and old.device == new.device
+        for olds, news in ((cache.keys, keys), (cache.values, values)) + (((cache.sink_keys, sinks),) if cache.sink else ())
+        for old, new in zip(olds, news)
+    )
+    if same:
+        try:
+            for olds, news in ((cache.keys, keys), (cache.values, values), (cache.sink_keys, sinks)):
+                for old, new in zip(olds, news):
+                    if new is not None:
+                        old.copy_(new)
+            for i, pair in enumerate(cache._sink_pairs):
+                if pair is not None:
+                    for old, new in zip(pair, sink_pair(cache.rotary, cache.sink_keys[i])):
+                        old.copy_(new)
+            return True
+        except RuntimeError:
+            pass  # the complete copies below replace whatever was half written
+    cache.keys, cache.values, cache.sink_keys = keys, values, sinks
+    cache._sink_pairs = [None] * cache.num_layers
+    return False
+
+
 def rows_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
     """One query per row over that row's filled slots; query (B, H, 1, D), key/value (B, Hkv, L, D)."""
     out = F.scaled_dot_product_attention(
@@ -219,11 +249,12 @@ class RingPool(RowPool):
     @torch.inference_mode()
     def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
         r = self.row(owner)
-        self.rings.remove(r, state.cache if keep else None)
+        in_place = self.rings.remove(r, state.cache if keep else None)
         del self.owners[r]
         if keep:
             state.seen += gained
             state.real_tokens = state.real_tokens + gained
-            state._graphs = None
+            if not in_place:
+                state._graphs = None  # its graphs read the tensors the cache no longer holds
         if not self.owners:
             self.rings = None
