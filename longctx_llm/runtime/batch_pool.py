@@ -148,16 +148,29 @@ class KVPool(RowPool):
         return logits
 
 
+@torch.inference_mode()
 def append_entries(state: KVCacheState, entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Append key/value entries (1, H, n, D per layer, computed elsewhere for the next positions) to a session's
-    state, as if its forward had fed them."""
+    state, as if its forward had fed them.
+
+    A preallocated cache takes them into its own buffers (it bumps its ``generation`` only when it must grow), so
+    the session's captured CUDA graphs stay valid and a pooled reply does not cost it their capture; any other
+    cache gets new tensors, and its graphs go."""
     n = entries[0][0].shape[2] if entries else 0
     if not n:
         return
-    for i, ((k, v), (nk, nv)) in enumerate(zip(hf_adapter.cache_kv(state.cache), entries)):
-        hf_adapter.set_cache_kv(state.cache, i, torch.cat([k[:, :, : state.seen], nk.to(k.dtype)], dim=2),
-                                torch.cat([v[:, :, : state.seen], nv.to(v.dtype)], dim=2))
+    cache = state.cache
+    if isinstance(cache, StaticCache):
+        cache.reserve(state.seen + n)
+        for i, (nk, nv) in enumerate(entries):
+            cache.keys[i][:, :, state.seen : state.seen + n] = nk
+            cache.values[i][:, :, state.seen : state.seen + n] = nv
+        cache.length = state.seen + n
+    else:
+        for i, ((k, v), (nk, nv)) in enumerate(zip(hf_adapter.cache_kv(cache), entries)):
+            hf_adapter.set_cache_kv(cache, i, torch.cat([k[:, :, : state.seen], nk.to(k.dtype)], dim=2),
+                                    torch.cat([v[:, :, : state.seen], nv.to(v.dtype)], dim=2))
+        state._graphs = None
     state.seen += n
     state.real_tokens = state.real_tokens + n
     state._first = None
-    state._graphs = None

@@ -236,3 +236,35 @@ def test_a_row_that_fails_to_leave_fails_the_others_instead_of_stranding_them(pe
     assert engine.scheduler.running == 0
     alone = Engine(peaked, batching={"max_batch": 1}).complete("After", max_new_tokens=4, temperature=0).text
     assert engine.complete("After", max_new_tokens=4, temperature=0).text == alone
+
+
+def test_a_static_cache_takes_its_pooled_reply_in_place_and_keeps_its_graphs(tiny_model):
+    """A session on the preallocated cache (the GPU default) gets its pooled reply's entries into its own buffers:
+    its captured CUDA graphs stay valid (no re-capture after every pooled reply), and it goes on as if alone."""
+    from longctx_llm.builtins.full import FullStrategy
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    model = tiny_model("llama", max_positions=256)
+    strategy = FullStrategy(static_cache=True)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 200, (1, n), generator=gen) for n in (7, 12)]
+    alone, rows = [strategy.new_state(model) for _ in prompts], [strategy.new_state(model) for _ in prompts]
+    for a, b, p in zip(alone, rows, prompts):
+        a.forward(p)
+        b.forward(p)
+    session = rows[0]
+    buffers = [k.data_ptr() for k in session.cache.keys]
+    generation, marker = session.cache.generation, object()
+    pool = KVPool(strategy, model)
+    for i, s in enumerate(rows):
+        pool.join(i, s)
+    session._graphs = marker
+    for _ in range(5):
+        tokens = torch.randint(3, 200, (2,), generator=gen).tolist()
+        expected = torch.cat([a.forward(torch.tensor([[t]]))[:, -1] for a, t in zip(alone, tokens)])
+        torch.testing.assert_close(pool.step(tokens), expected, rtol=1e-5, atol=1e-5)
+    pool.leave(0, session, 5, keep=True)
+    assert session._graphs is marker and session.cache.generation == generation
+    assert [k.data_ptr() for k in session.cache.keys] == buffers and session.seen == alone[0].seen
+    nxt = torch.tensor([[11]])
+    torch.testing.assert_close(session.forward(nxt), alone[0].forward(nxt), rtol=1e-5, atol=1e-5)
