@@ -116,6 +116,9 @@ class CCMTrainer:
         p.add_argument("--fact-share", type=float, default=0.0,
                        help="share of steps on dialogues whose last turn needs a fact from the first")
         distill.add_argument(p)
+        p.add_argument("--distill-kinds", default="text,chat,fact",
+                       help="the sample kinds --distill applies to (text, chat, fact; default: %(default)s): e.g. chat,fact "
+                            "keeps plain text on the next-token loss and teaches the chat turns the model's own register")
         p.add_argument("--rank", type=int, default=16, help="LoRA rank (default: %(default)s)")
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
         p.add_argument("--targets", default="attention", help="LoRA targets: attention, mlp or both (default: %(default)s)")
@@ -144,6 +147,9 @@ class CCMTrainer:
                 f"--chat-share {args.chat_share} and --fact-share {args.fact_share}: each at least 0, together at most 1"
             )
         distill.check(args.distill)
+        distill_kinds = {k.strip() for k in args.distill_kinds.split(",") if k.strip()}
+        if not distill_kinds or not distill_kinds <= {"text", "chat", "fact"}:
+            raise InputError(f"--distill-kinds: expected some of text, chat, fact, got {args.distill_kinds!r}")
         targets = ["attention", "mlp"] if args.targets == "both" else [t.strip() for t in args.targets.split(",")]
 
         training.check_out(args.out)  # a file or a foreign folder is refused before any work
@@ -204,7 +210,7 @@ class CCMTrainer:
                                                  warm_from)
                 with autocast:
                     hidden = parallel_hidden(model, adapter, ids, layout)
-                    if args.distill > 0:
+                    if args.distill > 0 and kind in distill_kinds:
                         loss, _, _ = distilled_loss(model, hidden, ids, layout, range(1, args.segments), args.distill)
                     else:
                         loss = segment_nll(model, hidden, ids, layout, range(1, args.segments)).mean()
@@ -246,6 +252,7 @@ class CCMTrainer:
                 "device": training.device_name(device), "dtype": str(loaded.dtype), **training.environment(),
                 "comp_weights": weights, "merge_share": args.merge_share if len(modes) == 2 else None,
                 "chat_share": args.chat_share, "fact_share": args.fact_share, "distill": args.distill,
+                "distill_kinds": sorted(distill_kinds) if args.distill > 0 else None,
                 "command": training.command_line("ccm", args),
             },
             "heldout": {"segments": args.segments, "seg_len": seg, "samples": args.eval_samples, **figures},
