@@ -268,3 +268,28 @@ def test_a_static_cache_takes_its_pooled_reply_in_place_and_keeps_its_graphs(tin
     assert [k.data_ptr() for k in session.cache.keys] == buffers and session.seen == alone[0].seen
     nxt = torch.tensor([[11]])
     torch.testing.assert_close(session.forward(nxt), alone[0].forward(nxt), rtol=1e-5, atol=1e-5)
+
+
+def test_a_static_cache_that_must_grow_for_its_pooled_reply_says_so(tiny_model):
+    """Entries past the preallocated capacity grow the session's cache: its generation moves (the fast path then
+    re-captures its graphs) and it goes on as if alone."""
+    from longctx_llm.builtins.full import FullStrategy
+    from longctx_llm.kernels.kv_cache import GRANULE
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    model = tiny_model("llama", max_positions=2 * GRANULE)
+    strategy = FullStrategy(static_cache=True)
+    prompt = torch.randint(3, 200, (1, GRANULE - 2), generator=torch.Generator().manual_seed(3))
+    alone, session = strategy.new_state(model), strategy.new_state(model)
+    alone.forward(prompt)
+    session.forward(prompt)
+    generation = session.cache.generation
+    pool = KVPool(strategy, model)
+    pool.join("a", session)
+    for t in range(5):
+        expected = alone.forward(torch.tensor([[t + 3]]))[:, -1]
+        torch.testing.assert_close(pool.step([t + 3]), expected, rtol=1e-5, atol=1e-5)
+    pool.leave("a", session, 5, keep=True)
+    assert session.cache.generation > generation and session.cache.capacity >= GRANULE + 3
+    nxt = torch.tensor([[11]])
+    torch.testing.assert_close(session.forward(nxt), alone.forward(nxt), rtol=1e-5, atol=1e-5)
