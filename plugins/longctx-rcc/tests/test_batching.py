@@ -41,7 +41,8 @@ def test_rows_with_and_without_slots_decode_as_alone(peaked_model, tmp_path):
         a.forward(p)
         b.forward(p)
     assert [s.windows for s in rows] == [0, 1, 2]
-    pool = RCCPool(strategy, tiny)
+    pool = strategy.row_pool(tiny)
+    assert isinstance(pool, RCCPool)
     assert not pool.accepts(state(tiny, random_compressor(tiny, seed=1)))  # another compressor's reader
     owners = [object() for _ in prompts]
     for o, s in zip(owners, rows):

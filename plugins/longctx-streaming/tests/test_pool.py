@@ -24,7 +24,7 @@ def test_rows_decode_as_their_sessions_alone(tiny_model, arch, sink, window, len
     for a, b, p in zip(alone, rows, prompts):
         a.forward(p)
         b.forward(p)
-    pool = RingPool(strategy, model)
+    pool = strategy.row_pool(model)
     owners = [object() for _ in prompts]
     # what a session's captured CUDA graphs read: the addresses of its buffers (and float32 sink pairs)
     addresses = [_addresses(s.cache) for s in rows]
@@ -61,7 +61,7 @@ def test_a_row_that_fails_leaves_its_session_as_it_was(tiny_model):
     state = strategy.new_state(model)
     state.forward(torch.randint(3, 200, (1, 20), generator=torch.Generator().manual_seed(0)))
     before = (state.seen, state.cache.head, state.cache.base, state.cache.keys[0].clone())
-    pool = RingPool(strategy, model)
+    pool = strategy.row_pool(model)
     pool.join("a", state)
     pool.join("b", _fed(strategy, model, 9))
     for _ in range(5):
@@ -109,7 +109,7 @@ def test_a_ring_that_cannot_go_back_in_place_replaces_the_buffers_and_drops_the_
     model = tiny_model("llama", max_positions=256)
     strategy = StreamingStrategy(sink_tokens=4, window=12)
     state = _fed(strategy, model, 20)
-    pool = RingPool(strategy, model)
+    pool = strategy.row_pool(model)
     pool.join("a", state)
     pool.step([5])
     state._graphs = "captured"

@@ -33,18 +33,17 @@ class _Decoders:
 class RCCPool(RowPool):
     """RCC sessions decoding together: their decoders as rows of one plain KV pool, slots and all."""
 
-    def __init__(self, strategy, loaded):
+    def __init__(self, strategy, loaded, state_type: type):
         super().__init__()
         self.strategy, self.loaded = strategy, loaded
+        self.state_type = state_type  # the strategy's state class (its rows are exactly those)
         self.decoders = KVPool(_Decoders(), loaded)
         self.states: list[Any] = []  # the rows' RCC states
         self.fed: list[list[int]] = []  # per row, the tokens fed since it joined
         self._compressor = None  # the strategy's, whose reader LoRA every row reads
 
     def accepts(self, state) -> bool:
-        from .strategy import RCCState
-
-        if type(state) is not RCCState or not self.decoders.accepts(state.decoder):
+        if type(state) is not self.state_type or not self.decoders.accepts(state.decoder):
             return False
         if self._compressor is None:  # (asked for every row at every step: looked up once)
             self._compressor = self.strategy.compressor_for(self.loaded)

@@ -34,6 +34,7 @@ from longctx_llm.runtime import (
 
 from .compressor import RCCCompressor, find_shipped
 from .options import RCCOptions
+from .pool import RCCPool
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +261,7 @@ class RCCStrategy(Strategy):
 
     def row_pool(self, model):
         """Replies decode together, each on its own decoder (slots and raw text): ``pool.py``."""
-        from .pool import RCCPool
-
-        return RCCPool(self, model)
+        return RCCPool(self, model, RCCState)
 
     def new_state(self, model, batch_size: int = 1) -> RCCState:
         if batch_size != 1:

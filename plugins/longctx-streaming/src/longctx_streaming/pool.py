@@ -207,17 +207,16 @@ def rows_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kw
 class RingPool(RowPool):
     """StreamingLLM sessions (the ring layout) decoding together, each on its own ring."""
 
-    def __init__(self, strategy, loaded):
+    def __init__(self, strategy, loaded, state_type: type):
         super().__init__()
         self.strategy, self.loaded = strategy, loaded
+        self.state_type = state_type  # the ring layout's state class (a subclass carries other seams: not taken)
         self.rings: Optional[RowRings] = None
 
     def accepts(self, state) -> bool:
-        from .strategy import StreamingState
-
         own = ("logical_positions", "rope_positions", "attention", "attention_extra", "forward", "make_cache")
         return (
-            type(state) is StreamingState
+            type(state) is self.state_type
             and not any(name in vars(state) for name in own)  # a composition carries another strategy's seams
             and state.batch_size == 1
             and state.options == self.strategy.options

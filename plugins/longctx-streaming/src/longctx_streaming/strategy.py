@@ -27,6 +27,7 @@ from longctx_llm.runtime import restore
 from .attention import ring_attention
 from .cache import SinkWindowCache
 from .options import StreamingOptions
+from .pool import RingPool
 from .shift import ShiftingSinkCache
 
 logger = logging.getLogger(__name__)
@@ -207,9 +208,7 @@ class StreamingStrategy(Strategy):
     def row_pool(self, model):
         """Sessions on the ring layout decode together, each on its own ring (``pool.py``); the shift layout (and a
         composition with DCA) decodes one session per forward."""
-        from .pool import RingPool
-
-        return RingPool(self, model) if self.options.layout == "ring" else None
+        return RingPool(self, model, StreamingState) if self.options.layout == "ring" else None
 
     def new_state(self, model, batch_size: int = 1) -> KVCacheState:
         cls = ShiftingStreamingState if self.options.layout == "shift" else StreamingState
