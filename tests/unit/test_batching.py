@@ -293,3 +293,32 @@ def test_a_static_cache_that_must_grow_for_its_pooled_reply_says_so(tiny_model):
     assert session.cache.generation > generation and session.cache.capacity >= GRANULE + 3
     nxt = torch.tensor([[11]])
     torch.testing.assert_close(session.forward(nxt), alone.forward(nxt), rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_pool_decodes_through_the_step_a_cuda_graph_replays(tiny_model, monkeypatch):
+    """With graphs on (the CUDA default), a pool's steps are the fixed decode step that ``GraphRunner`` captures and
+    replays, one key per pool state (on CPU no capture is possible: it is recorded, and the step runs eagerly)."""
+    from longctx_llm.builtins.full import FullStrategy
+    from longctx_llm.kernels.cuda_graphs import GraphRunner
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    model = tiny_model("llama", max_positions=256)
+    strategy = FullStrategy(static_cache=True)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 200, (1, n), generator=gen) for n in (4, 9)]
+    alone, rows = [strategy.new_state(model) for _ in prompts], [strategy.new_state(model) for _ in prompts]
+    pool = KVPool(strategy, model)
+    for i, (a, b, p) in enumerate(zip(alone, rows, prompts)):
+        a.forward(p)
+        b.forward(p)
+        pool.join(i, b)
+    captures = []
+    monkeypatch.setattr(GraphRunner, "_capture", lambda self, key, inputs, forward: captures.append(key))
+    pool.state.cuda_graphs = True
+    for _ in range(3):
+        tokens = torch.randint(3, 200, (2,), generator=gen).tolist()
+        expected = torch.cat([a.forward(torch.tensor([[t]]))[:, -1] for a, t in zip(alone, tokens)])
+        torch.testing.assert_close(pool.step(tokens), expected, rtol=1e-5, atol=1e-5)
+    runner = pool.state._graphs
+    assert isinstance(runner, GraphRunner) and runner.owner is pool.state.cache
+    assert captures == [("decode", False)] * 2  # the first step runs eagerly, the next ones would replay
