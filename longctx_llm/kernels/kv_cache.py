@@ -157,6 +157,17 @@ class StaticCache:
         self.values[i][:, :, :n] = values
         self.length = n
 
+    @torch.inference_mode()
+    def append(self, entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write (B, H, n, D) keys/values per layer after the held entries, into the same buffers (``generation``
+        moves only if they must grow); the held length moves last, so a failed write leaves the cache as it was."""
+        n = entries[0][0].shape[2]
+        self.reserve(self.length + n)
+        for i, (k, v) in enumerate(entries):
+            self.keys[i][:, :, self.length : self.length + n] = k
+            self.values[i][:, :, self.length : self.length + n] = v
+        self.length += n
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         for i, (k, v) in enumerate(zip(self.keys, self.values)):

@@ -161,11 +161,8 @@ def append_entries(state: KVCacheState, entries: list[tuple[torch.Tensor, torch.
         return
     cache = state.cache
     if isinstance(cache, StaticCache):
-        cache.reserve(state.seen + n)
-        for i, (nk, nv) in enumerate(entries):
-            cache.keys[i][:, :, state.seen : state.seen + n] = nk
-            cache.values[i][:, :, state.seen : state.seen + n] = nv
-        cache.length = state.seen + n
+        cache.crop(state.seen)
+        cache.append(entries)
     else:
         for i, ((k, v), (nk, nv)) in enumerate(zip(hf_adapter.cache_kv(cache), entries)):
             hf_adapter.set_cache_kv(cache, i, torch.cat([k[:, :, : state.seen], nk.to(k.dtype)], dim=2),

@@ -16,6 +16,7 @@ import torch
 import torch.utils.checkpoint
 
 from longctx_llm.errors import InputError
+from longctx_llm.model import hf_adapter
 
 
 def add_argument(p) -> None:
@@ -27,6 +28,13 @@ def add_argument(p) -> None:
 def check(weight: float) -> None:
     if not 0 <= weight <= 1:
         raise InputError(f"--distill: expected a weight from 0 to 1, got {weight}")
+
+
+@torch.no_grad()
+def teacher_hidden(model, ids: torch.Tensor) -> torch.Tensor:
+    """The teacher's final hidden states (B, T, H): the model itself reading ``ids`` as plain text (no adapter,
+    ordinary positions)."""
+    return hf_adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
 
 
 def _chunk(head, h, teacher_h, target):

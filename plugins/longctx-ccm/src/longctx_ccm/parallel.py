@@ -156,7 +156,6 @@ def distilled_loss(model, hidden: torch.Tensor, ids: torch.Tensor, layout: Layou
     context: no slots, no adapter, ordinary positions.
     """
     h_idx, src = _rows(layout, segments)
-    with torch.no_grad():
-        teacher = hf_adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, src]
+    teacher = distill.teacher_hidden(model, ids)[:, src]
     nll, kl = distill.nll_and_kl(model.get_output_embeddings(), hidden[:, h_idx], teacher, ids[:, src + 1], chunk)
     return distill.mixed(nll, kl, weight), nll.detach(), kl.detach()

@@ -67,10 +67,7 @@ def distilled_text_loss(model, hidden: torch.Tensor, context: torch.Tensor, text
                         weight: float) -> torch.Tensor:
     """``(1 - weight)·NLL + weight·KL(teacher ‖ reader)`` over text tokens ``first..``; the teacher is the model
     itself reading ``[context][text]`` as plain text (:mod:`longctx_llm.train.distill`)."""
-    with torch.no_grad():
-        full = torch.cat([context, text], 1)
-        teacher = hf_adapter.decoder(model)(input_ids=full, use_cache=False).last_hidden_state
-        teacher = teacher[:, context.shape[1] + first - 1 : -1]
+    teacher = distill.teacher_hidden(model, torch.cat([context, text], 1))[:, context.shape[1] + first - 1 : -1]
     h = hidden[:, P + first - 1 : P + text.shape[1] - 1]
     nll, kl = distill.nll_and_kl(model.get_output_embeddings(), h, teacher, text[:, first:])
     return distill.mixed(nll, kl, weight)
