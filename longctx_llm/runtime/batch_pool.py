@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import LongctxError
 from ..kernels.kv_cache import StaticCache
 from ..model import hf_adapter
 from .kv_state import KVCacheState
@@ -55,47 +56,125 @@ def poolable(strategy, state) -> bool:
 
 
 class KVPool(RowPool):
-    """Plain KV caches as the rows of one state of the strategy (batch = rows), right-aligned, left-padded."""
+    """Plain KV caches as the rows of one state of the strategy (batch = rows), right-aligned, left-padded.
 
-    def __init__(self, strategy, loaded):
+    With ``buckets`` (the default where decode steps replay CUDA graphs) the pool's state has room for a power of two
+    rows: a row joins into a free slot and leaves a hole (fully padded; it feeds a dummy token that nothing reads)
+    by editing the buffers in place, so the pool keeps its state, cache and captured graphs across joins and leaves
+    within a bucket. The buffers are rebuilt only when the rows outgrow the bucket, fall to a quarter of it, or the
+    cache must grow. Without ``buckets`` (CPU: no graphs to keep, and a hole would cost compute) the state has
+    exactly one row per session and every join and leave rebuilds it.
+    """
+
+    def __init__(self, strategy, loaded, *, buckets: Optional[bool] = None):
         super().__init__()
         self.strategy, self.loaded = strategy, loaded
         self.state: Optional[KVCacheState] = None
-        self.lengths: list[int] = []  # entries each row holds
+        self.lengths: list[int] = []  # entries each row holds (in owner order)
+        self.slots: list[int] = []  # each owner's row of the state (in owner order, ascending)
+        self.buckets = buckets  # None: decided by the strategy's states (CUDA graphs on or not)
 
     def accepts(self, state) -> bool:
         return poolable(self.strategy, state)
+
+    @property
+    def capacity(self) -> int:
+        """Rows the pool's state holds (free slots included)."""
+        return self.state.batch_size if self.state is not None else 0
+
+    def _bucketed(self) -> bool:
+        if self.buckets is None:
+            self.buckets = bool(self.strategy.new_state(self.loaded, 1).cuda_graphs)
+        return self.buckets
+
+    def _size_for(self, rows: int) -> int:
+        return 1 << max(rows - 1, 0).bit_length() if self._bucketed() else rows
 
     # ---- rows in and out ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def join(self, owner: Any, state: KVCacheState) -> None:
         """Add ``state``'s cache (a session's, unpadded, batch 1) as a new row."""
+        if self.state is not None and len(self.owners) < self.capacity and self._bucketed():
+            self._join_in_place(owner, state)
+            return
         layers = hf_adapter.cache_kv(state.cache)
         n = state.seen
         B, L = len(self), self.state.seen if self.state is not None else 0
-        L2 = max(L, n)
-        device = self.loaded.device
+        C, L2 = self._size_for(B + 1), max(L, n)
+        rows = torch.tensor(self.slots, dtype=torch.long, device=self.loaded.device)
+        old = hf_adapter.cache_kv(self.state.cache) if B else []
         keys, values = [], []
         for i, (k, v) in enumerate(layers):
-            nk = k.new_zeros(B + 1, k.shape[1], L2, k.shape[-1])
-            nv = v.new_zeros(B + 1, v.shape[1], L2, v.shape[-1])
+            nk = k.new_zeros(C, k.shape[1], L2, k.shape[-1])
+            nv = v.new_zeros(C, v.shape[1], L2, v.shape[-1])
             if B:
-                ok, ov = hf_adapter.cache_kv(self.state.cache)[i]
-                nk[:B, :, L2 - L :] = ok
-                nv[:B, :, L2 - L :] = ov
+                ok, ov = old[i]
+                nk[:B, :, L2 - L :] = ok.index_select(0, rows)
+                nv[:B, :, L2 - L :] = ov.index_select(0, rows)
             nk[B, :, L2 - n :] = k[0, :, :n]
             nv[B, :, L2 - n :] = v[0, :, :n]
             keys.append(nk)
             values.append(nv)
-        padding = torch.zeros(B + 1, L2, dtype=torch.bool, device=device)
+        padding = torch.zeros(C, L2, dtype=torch.bool, device=self.loaded.device)
+        real = torch.zeros(C, dtype=torch.long, device=self.loaded.device)
         if B:
-            old = self.state.padding
-            padding[:B, L2 - L :] = old if old is not None else True
+            pad = self.state.padding
+            padding[:B, L2 - L :] = pad.index_select(0, rows) if pad is not None else True
+            real[:B] = self.state.real_tokens.index_select(0, rows)
         padding[B, L2 - n :] = True
-        real = state.real_tokens if not B else torch.cat([self.state.real_tokens, state.real_tokens])
+        real[B] = state.real_tokens[0]
         self._rebuild(keys, values, padding, real)
         self.owners.append(owner)
         self.lengths.append(n)
+        self.slots = list(range(B + 1))
+
+    def _join_in_place(self, owner: Any, state: KVCacheState) -> None:
+        """Write ``state``'s cache into a free slot of the pool's buffers (shifting every row right first when it
+        is longer than the pool); the state, its cache and its graphs stay."""
+        pool, cache = self.state, self.state.cache
+        n, L = state.seen, self.state.seen
+        if n > L:
+            self._shift(n)
+            L = n
+        slot = next(s for s in range(self.capacity) if s not in self.slots)
+        for (k, v), (nk, nv) in zip(cache.layers(), hf_adapter.cache_kv(state.cache)):
+            k[slot, :, L - n :] = nk[0, :, :n]
+            v[slot, :, L - n :] = nv[0, :, :n]
+        pool.padding[slot] = False
+        pool.padding[slot, L - n :] = True
+        real = pool.real_tokens.clone()
+        real[slot] = state.real_tokens[0]
+        pool.real_tokens = real
+        pool._first = None
+        at = next((i for i, s in enumerate(self.slots) if s > slot), len(self.slots))
+        self.owners.insert(at, owner)
+        self.lengths.insert(at, n)
+        self.slots.insert(at, slot)
+
+    def _shift(self, length: int) -> None:
+        """Move every row's entries so that the pool holds ``length`` positions (rows stay right-aligned: a longer
+        pool pads every row on the left, a shorter one drops padding), in the same buffers."""
+        pool, cache = self.state, self.state.cache
+        L = pool.seen
+        if length == L:
+            return
+        cache.reserve(length + 1)
+        for k, v in zip(cache.keys, cache.values):
+            if k is None:
+                continue
+            for buf in (k, v):
+                held = buf[:, :, max(L - length, 0) : L].clone()
+                buf[:, :, length - held.shape[2] : length] = held
+        pad = pool.padding if pool.padding is not None else torch.ones(
+            self.capacity, L, dtype=torch.bool, device=self.loaded.device)
+        if length > L:
+            pad = torch.cat([pad.new_zeros(pad.shape[0], length - L), pad], dim=1)
+        else:
+            pad = pad[:, L - length :]
+        cache.length = length
+        pool.seen = length
+        pool.padding = pad
+        pool._first = None
 
     def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
         tail = self._remove(owner, gained)
@@ -106,20 +185,38 @@ class KVPool(RowPool):
     def _remove(self, owner: Any, gained: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Remove ``owner``'s row; return its newest ``gained`` entries per layer, (1, H, gained, D) copies."""
         r = self.row(owner)
-        L = self.state.seen
+        slot, L = self.slots[r], self.state.seen
         layers = hf_adapter.cache_kv(self.state.cache)
-        tail = [(k[r : r + 1, :, L - gained :].clone(), v[r : r + 1, :, L - gained :].clone()) for k, v in layers]
-        del self.owners[r]
-        del self.lengths[r]
+        tail = [(k[slot : slot + 1, :, L - gained :].clone(), v[slot : slot + 1, :, L - gained :].clone())
+                for k, v in layers]
+        del self.owners[r], self.lengths[r], self.slots[r]
         if not self.owners:
-            self.state = None
+            self.state, self.slots = None, []
             return tail
-        keep = torch.tensor([i for i in range(len(self.owners) + 1) if i != r], device=self.loaded.device)
         L2 = max(self.lengths)  # right-aligned rows: the padding left of every row's first key goes
-        keys = [k.index_select(0, keep)[:, :, L - L2 :] for k, _ in layers]
-        values = [v.index_select(0, keep)[:, :, L - L2 :] for _, v in layers]
-        padding = self.state.padding.index_select(0, keep)[:, L - L2 :]
-        self._rebuild(keys, values, padding, self.state.real_tokens.index_select(0, keep))
+        if self._bucketed() and 4 * len(self.owners) > self.capacity:
+            pool = self.state
+            pool.padding = pool.padding.clone()
+            pool.padding[slot] = False  # a hole: its keys are masked (its first key is past the end)
+            real = pool.real_tokens.clone()
+            real[slot] = 0
+            pool.real_tokens = real
+            pool._first = None
+            self._shift(L2)
+            return tail
+        rows = torch.tensor(self.slots, device=self.loaded.device)
+        keys = [k.index_select(0, rows)[:, :, L - L2 :] for k, _ in layers]
+        values = [v.index_select(0, rows)[:, :, L - L2 :] for _, v in layers]
+        padding = self.state.padding.index_select(0, rows)[:, L - L2 :]
+        real = self.state.real_tokens.index_select(0, rows)
+        C, B = self._size_for(len(rows)), len(rows)
+        if C > B:  # free slots of a smaller bucket
+            keys = [torch.cat([k, k.new_zeros(C - B, *k.shape[1:])]) for k in keys]
+            values = [torch.cat([v, v.new_zeros(C - B, *v.shape[1:])]) for v in values]
+            padding = torch.cat([padding, padding.new_zeros(C - B, L2)])
+            real = torch.cat([real, real.new_zeros(C - B)])
+        self._rebuild(keys, values, padding, real)
+        self.slots = list(range(B))
         return tail
 
     def _rebuild(self, keys, values, padding, real_tokens) -> None:
@@ -140,12 +237,17 @@ class KVPool(RowPool):
     @torch.inference_mode()
     def step(self, tokens: list[int], hooks=None) -> torch.Tensor:
         """Feed one token per row (in row order), with per-call ``hooks`` if given; return the next logits
-        (rows, V)."""
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.loaded.device)[:, None]
+        (rows, V). Free slots feed token 0, and their logits are dropped."""
+        device = self.loaded.device
+        full = len(self.slots) == self.capacity
+        if not full and hooks is not None:
+            raise LongctxError("per-call hooks need a pool without free slots (KVPool(..., buckets=False))")
+        ids = torch.zeros(self.capacity, 1, dtype=torch.long, device=device)
+        ids[torch.tensor(self.slots, device=device), 0] = torch.tensor(tokens, dtype=torch.long, device=device)
         logits = self.state.forward(ids, hooks=hooks)[:, -1, :]
         for i in range(len(self.lengths)):
             self.lengths[i] += 1
-        return logits
+        return logits if full else logits.index_select(0, torch.tensor(self.slots, device=device))
 
 
 @torch.inference_mode()

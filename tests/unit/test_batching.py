@@ -322,3 +322,73 @@ def test_a_full_pool_decodes_through_the_step_a_cuda_graph_replays(tiny_model, m
     runner = pool.state._graphs
     assert isinstance(runner, GraphRunner) and runner.owner is pool.state.cache
     assert captures == [("decode", False)] * 2  # the first step runs eagerly, the next ones would replay
+
+
+@pytest.mark.parametrize("name", ["full", "dca"])
+def test_a_bucketed_pool_keeps_its_state_and_graphs_across_joins_and_leaves(tiny_model, monkeypatch, name):
+    """Where steps replay CUDA graphs, the pool holds a power of two rows: a row joins into a free slot (a longer
+    one shifts every row right, in the same buffers) and leaves a hole, so the pool's cache, its generation and its
+    graph runner stay; every row's logits still equal its session's alone. Outgrowing the bucket rebuilds."""
+    from longctx_llm.kernels.cuda_graphs import GraphRunner
+    from longctx_llm import registry
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    model = tiny_model("llama", max_positions=256)
+    options = {k: v for k, v in STRATEGIES[name].items() if k != "name"}
+    strategy = registry.get("strategy", name)(static_cache=True, **options)
+    gen = torch.Generator().manual_seed(7)
+    alone, rows = {}, {}
+
+    def start(owner, n):
+        p = torch.randint(3, 200, (1, n), generator=gen)
+        alone[owner], rows[owner] = strategy.new_state(model), strategy.new_state(model)
+        alone[owner].forward(p)
+        rows[owner].forward(p)
+
+    def steps(pool, k):
+        for _ in range(k):
+            tokens = torch.randint(3, 200, (len(pool),), generator=gen).tolist()
+            expected = torch.cat([alone[o].forward(torch.tensor([[t]]))[:, -1] for o, t in zip(pool.owners, tokens)])
+            torch.testing.assert_close(pool.step(tokens), expected, rtol=1e-5, atol=1e-5)
+
+    monkeypatch.setattr(GraphRunner, "_capture", lambda self, key, inputs, forward: None)
+    pool = KVPool(strategy, model, buckets=True)
+    gained = {}
+    for owner, n in (("a", 5), ("b", 9), ("c", 3)):
+        start(owner, n)
+        pool.join(owner, rows[owner])
+    assert pool.capacity == 4
+    pool.state.cuda_graphs = True
+    steps(pool, 3)
+    state, cache, runner = pool.state, pool.state.cache, pool.state._graphs
+    generation = cache.generation
+    assert isinstance(runner, GraphRunner)
+    pool.leave("b", rows["b"], 3, keep=True)  # the longest row goes: every row shifts left, a hole stays
+    steps(pool, 2)
+    start("d", 30)  # longer than the pool: every row shifts right
+    pool.join("d", rows["d"])
+    start("e", 2)
+    pool.join("e", rows["e"])
+    assert pool.capacity == 4 and pool.owners == ["a", "d", "c", "e"]  # "d" took the hole "b" left
+    steps(pool, 3)
+    assert pool.state is state and pool.state.cache is cache and cache.generation == generation
+    assert pool.state._graphs is runner
+    start("f", 4)
+    pool.join("f", rows["f"])  # a fifth row: the next bucket, new buffers
+    assert pool.capacity == 8 and pool.state is not state
+    steps(pool, 2)
+    for owner in list(pool.owners):
+        pool.leave(owner, rows[owner], 0, keep=False)
+    assert pool.state is None and not pool.slots
+
+
+@pytest.mark.parametrize("name", ["full", "dca"])
+def test_concurrent_sessions_in_a_bucketed_pool_equal_their_serial_runs(peaked, chat_runs, monkeypatch, name):
+    """The scheduler over a pool with free slots (the CUDA layout, forced here on CPU): same replies as alone."""
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    strategy = STRATEGIES[name]
+    serial = chat_runs.serial(Engine(peaked, strategy=strategy, batching={"max_batch": 1}), PROMPTS, turns=2, tokens=12)
+    monkeypatch.setattr(KVPool, "_bucketed", lambda self: True)
+    engine = Engine(peaked, strategy=strategy, batching={"max_batch": 3, "max_batch_tokens": 32})
+    assert chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=12) == serial

@@ -37,7 +37,7 @@ class RCCPool(RowPool):
         super().__init__()
         self.strategy, self.loaded = strategy, loaded
         self.state_type = state_type  # the strategy's state class (its rows are exactly those)
-        self.decoders = KVPool(_Decoders(), loaded)
+        self.decoders = KVPool(_Decoders(), loaded, buckets=False)  # its steps carry per-row hooks
         self.states: list[Any] = []  # the rows' RCC states
         self.fed: list[list[int]] = []  # per row, the tokens fed since it joined
         self._compressor = None  # the strategy's, whose reader LoRA every row reads
