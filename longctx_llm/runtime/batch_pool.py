@@ -247,7 +247,14 @@ class KVPool(RowPool):
         logits = self.state.forward(ids, hooks=hooks)[:, -1, :]
         for i in range(len(self.lengths)):
             self.lengths[i] += 1
-        return logits if full else logits.index_select(0, torch.tensor(self.slots, device=device))
+        if full:
+            return logits
+        rows = torch.tensor(self.slots, device=device)
+        # a free slot stays at position 0: its dummy tokens must not climb past the context window (a RoPE that
+        # rescales by the batch's largest position, such as transformers' "dynamic", would change every row)
+        free = torch.ones(self.capacity, dtype=torch.bool, device=device).index_fill_(0, rows, False)
+        self.state.real_tokens = self.state.real_tokens.masked_fill(free, 0)
+        return logits.index_select(0, rows)
 
 
 @torch.inference_mode()

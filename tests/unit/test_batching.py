@@ -392,3 +392,48 @@ def test_concurrent_sessions_in_a_bucketed_pool_equal_their_serial_runs(peaked, 
     monkeypatch.setattr(KVPool, "_bucketed", lambda self: True)
     engine = Engine(peaked, strategy=strategy, batching={"max_batch": 3, "max_batch_tokens": 32})
     assert chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=12) == serial
+
+
+@pytest.mark.parametrize("rope", ["default", "dynamic"])
+def test_a_free_slot_stays_at_position_zero(tiny_model, rope):
+    """A slot no row fills feeds a dummy token every step; its position must not climb past the rows' (a RoPE
+    rescaled by the batch's largest position, transformers' "dynamic", would change every row's logits)."""
+    from longctx_llm import registry
+    from longctx_llm.runtime.batch_pool import KVPool
+
+    params = {"rope_type": rope, "rope_theta": 10000.0, **({"factor": 2.0} if rope == "dynamic" else {})}
+    model = tiny_model("llama", max_positions=64, rope_parameters=params)
+    strategy = registry.get("strategy", "full")(static_cache=True)
+    gen = torch.Generator().manual_seed(0)
+    alone, rows, gained, order = {}, {}, {}, []
+    pool = KVPool(strategy, model, buckets=True)
+
+    def start(o):
+        p = torch.randint(3, 200, (1, 5), generator=gen)
+        alone[o], rows[o] = strategy.new_state(model), strategy.new_state(model)
+        alone[o].forward(p)
+        rows[o].forward(p)
+        pool.join(o, rows[o])
+        gained[o] = 0
+        order.append(o)
+
+    for o in "abc":
+        start(o)
+    assert pool.capacity == 4  # slot 3 free from here on
+    worst, n = 0.0, 0
+    for it in range(120):  # rows churn (each lives < 45 steps, positions < 64); slot 3 is never filled
+        if it % 12 == 11:
+            o = order.pop(0)
+            pool.leave(o, rows[o], gained[o], keep=False)
+            del alone[o], rows[o], gained[o]
+            n += 1
+            start(f"x{n}")
+        tokens = torch.randint(3, 200, (len(pool),), generator=gen).tolist()
+        exp = torch.cat([alone[o].forward(torch.tensor([[t]]))[:, -1] for o, t in zip(pool.owners, tokens)])
+        got = pool.step(tokens)
+        for o in pool.owners:
+            gained[o] += 1
+        worst = max(worst, (got - exp).abs().max().item())
+    assert pool.state.real_tokens[3].item() == 0
+    assert max(alone[o].real_tokens.item() for o in pool.owners) < 64
+    assert worst < 1e-4
