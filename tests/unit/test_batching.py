@@ -437,3 +437,18 @@ def test_a_free_slot_stays_at_position_zero(tiny_model, rope):
     assert pool.state.real_tokens[3].item() == 0
     assert max(alone[o].real_tokens.item() for o in pool.owners) < 64
     assert worst < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["full", "dca"])
+def test_random_joins_steps_and_leaves_of_a_bucketed_pool_equal_each_session_alone(name):
+    """benchmarks/pool_fuzz.py on CPU: holes, shifts both ways, bucket changes, leaves that keep or drop the reply."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "pool_fuzz.py"
+    spec = importlib.util.spec_from_file_location("pool_fuzz", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    model = fuzz.tiny_llama("cpu")
+    assert fuzz.fuzz(model, name, 0, ops=80) < 1e-4
