@@ -242,19 +242,22 @@ class KVPool(RowPool):
         full = len(self.slots) == self.capacity
         if not full and hooks is not None:
             raise LongctxError("per-call hooks need a pool without free slots (KVPool(..., buckets=False))")
-        ids = torch.zeros(self.capacity, 1, dtype=torch.long, device=device)
-        ids[torch.tensor(self.slots, device=device), 0] = torch.tensor(tokens, dtype=torch.long, device=device)
-        logits = self.state.forward(ids, hooks=hooks)[:, -1, :]
+        fed = list(tokens)
+        if not full:  # free slots feed token 0
+            fed = [0] * self.capacity
+            for slot, token in zip(self.slots, tokens):
+                fed[slot] = token
+        logits = self.state.forward(torch.tensor(fed, dtype=torch.long, device=device)[:, None], hooks=hooks)[:, -1, :]
         for i in range(len(self.lengths)):
             self.lengths[i] += 1
         if full:
             return logits
-        rows = torch.tensor(self.slots, device=device)
         # a free slot stays at position 0: its dummy tokens must not climb past the context window (a RoPE that
         # rescales by the batch's largest position, such as transformers' "dynamic", would change every row)
-        free = torch.ones(self.capacity, dtype=torch.bool, device=device).index_fill_(0, rows, False)
+        used = set(self.slots)
+        free = torch.tensor([s not in used for s in range(self.capacity)], device=device)
         self.state.real_tokens = self.state.real_tokens.masked_fill(free, 0)
-        return logits.index_select(0, rows)
+        return logits.index_select(0, torch.tensor(self.slots, device=device))
 
 
 @torch.inference_mode()
