@@ -160,7 +160,8 @@ def load_shape(args):
         return ModelHandle(args.model, device=args.device).get()
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-    return random_llama(args, load_tokenizer(args.tokenizer), dev, dtype, max_positions=args.pretraining_length)
+    return random_llama(args, load_tokenizer(args.tokenizer, args.model), dev, dtype,
+                        max_positions=args.pretraining_length)
 
 
 def load_tokenizer(tokenizer_dir=None, model: str = "smollm2-135m-instruct"):

@@ -2,13 +2,21 @@
 
     python benchmarks/serve_throughput.py --model /root/smol.gguf --device cuda --clients 1,4,16,64 --tokens 128
     python benchmarks/serve_throughput.py --clients 1,8 --tokens 32 --serial          # CPU: the issue-24 goal
+    python benchmarks/serve_throughput.py --shape llama-8b --layers 32 --vocab 49152 --prompt-tokens 4096 \
+        --model /root/smol.gguf --strategy full,dca,streaming --clients 1,16,64     # the 8B shape, 4k prompts
 
 Every client sends one streamed chat completion (greedy, ``--tokens`` tokens, its own ``user`` = session id and its
 own prompt) through the ``openai`` client to one server on 127.0.0.1. A row reports the wall time until all have
 finished, the completion tokens per second over all clients, each request's latency (p50, p99) and time to its first
 token (p50, p99), and the throughput against one client; ``--serial`` also sends the same N requests one after
 another (``serial_tok_s``, ``vs_serial``). ``--max-batch 1,16`` runs the whole table once per engine setting
-(1: every request on its own, the server before continuous batching; 16: the default).
+(1: every request on its own, the server before continuous batching; 16: the default). ``--strategy full,dca``
+runs it once per strategy on the same loaded model.
+
+``--shape llama-8b``: a random-weight Llama-3-8B-shaped model (``--layers`` of its 32; SmolLM2's tokenizer, so
+``--vocab 49152`` keeps every sampled id decodable); its end-of-text logits are pinned to 0 (random logits would
+end a reply at any step), so every reply runs its ``--tokens``. ``--prompt-tokens N`` pads each client's prompt to
+about N tokens with filler text of its own.
 """
 
 from __future__ import annotations
@@ -21,19 +29,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table  # noqa: E402
+from _common import add_shape_args, load_shape, print_table  # noqa: E402
 
 TOPICS = ["a lighthouse", "a desert caravan", "a city library", "a mountain village", "a ship's cook", "a clockmaker",
           "a river ferry", "an orchard", "a night train", "a radio station", "a bakery", "a glacier camp",
           "a chess club", "a lost kite", "a market stall", "a snowed-in inn"]
 
 
-def one(client, model: str, i: int, tokens: int, out: list) -> None:
+FILLER = ("The notes below were kept by {who} over one long season, day by day, with the weather, the work done "
+          "and the people met. ")
+
+
+def prompt(i: int, tokenizer=None, tokens: int = 0) -> str:
+    """Session i's request: a story prompt, after about ``tokens`` tokens of its own filler (0: none)."""
+    ask = f"Write a long story about {TOPICS[i % len(TOPICS)]}."
+    if not tokens:
+        return ask
+    unit = FILLER.format(who=f"keeper {i}")
+    per = max(1, len(tokenizer(unit, add_special_tokens=False)["input_ids"]))
+    return unit * max(1, tokens // per) + ask
+
+
+def one(client, model: str, i: int, tokens: int, out: list, text: str = "") -> None:
     """One streamed request of session i: appends (latency s, first-token s, completion tokens, replica or None)."""
     t0 = time.perf_counter()
     first, usage = None, None
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]}."}],
+        model=model, messages=[{"role": "user", "content": text or prompt(i)}],
         max_tokens=tokens, temperature=0, user=f"bench-{i}-{time.monotonic_ns()}", stream=True,
         stream_options={"include_usage": True},
     )
@@ -51,11 +73,12 @@ def _pct(values: list, q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
-def load(client, model: str, clients: int, tokens: int, serial: bool = False) -> dict:
+def load(client, model: str, clients: int, tokens: int, serial: bool = False, texts=None) -> dict:
     """``clients`` requests at once (or one after another), each its own session: wall time, tokens/s over all,
     latency and time to first token (p50, p99)."""
     out: list = []
-    threads = [threading.Thread(target=one, args=(client, model, i, tokens, out)) for i in range(clients)]
+    threads = [threading.Thread(target=one, args=(client, model, i, tokens, out, texts[i] if texts else ""))
+               for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -73,13 +96,22 @@ def load(client, model: str, clients: int, tokens: int, serial: bool = False) ->
             "replicas_used": len({r for _, _, _, r in out})}
 
 
+def _no_end_of_text(loaded) -> None:
+    """A random model's end-of-text logits pinned to 0, so that its greedy replies run their length."""
+    import torch
+
+    ids = sorted(i for i in loaded.eos_token_ids if i < loaded.model.lm_head.weight.shape[0])
+    with torch.no_grad():
+        loaded.model.lm_head.weight[ids] = 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, HF directory or .gguf path")
+    add_shape_args(p, layers=32)
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--strategy", default="full")
+    p.add_argument("--prompt-tokens", type=int, default=0, help="pad each prompt to about this many tokens (0: none)")
+    p.add_argument("--strategy", default="full", help="one strategy, or several comma-separated (one table each)")
     p.add_argument("--max-batch", default="16", help="engine batching.max_batch values, one table row set each")
     p.add_argument("--serial", action="store_true", help="also the same requests one after another")
     args = p.parse_args(argv)
@@ -90,28 +122,35 @@ def main(argv=None) -> int:
     from longctx_serve import create_app
     from longctx_serve.testing import LiveServer
 
+    loaded = load_shape(args)
+    if args.shape != "smollm2":
+        _no_end_of_text(loaded)
+    counts = [int(c) for c in args.clients.split(",")]
+    texts = [prompt(i, loaded.tokenizer, args.prompt_tokens) for i in range(max(counts))]
     name = "bench"
     rows = []
-    for mb in [int(x) for x in args.max_batch.split(",")]:
-        engine = Engine(args.model, strategy=args.strategy, device=args.device, batching={"max_batch": mb})
-        _ = engine.loaded
-        with LiveServer(create_app(engine, model_name=name)) as live:
-            client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
-            one(client, name, 0, args.tokens, [])  # warm-up
-            first = None
-            for n in [int(c) for c in args.clients.split(",")]:
-                row = {"max_batch": mb, "clients": n, **load(client, name, n, args.tokens)}
-                first = first or row["tok_s"]
-                row["vs_one_client"] = row["tok_s"] / first
-                if args.serial and n > 1:
-                    ser = load(client, name, n, args.tokens, serial=True)
-                    row["serial_tok_s"], row["vs_serial"] = ser["tok_s"], row["tok_s"] / ser["tok_s"]
-                rows.append(row)
-        loaded = engine.loaded
-    print(f"model {engine.model_name} on {loaded.device} ({loaded.dtype}); strategy {args.strategy}; greedy, "
-          f"{args.tokens} tokens per request; one server, one engine")
-    cols = ["max_batch", "clients", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s",
-            "ttft_p99_s", "vs_one_client"] + (["serial_tok_s", "vs_serial"] if args.serial else [])
+    for strategy in args.strategy.split(","):
+        for mb in [int(x) for x in args.max_batch.split(",")]:
+            engine = Engine(loaded, strategy=strategy, batching={"max_batch": mb})
+            _ = engine.loaded
+            with LiveServer(create_app(engine, model_name=name)) as live:
+                client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
+                one(client, name, 0, args.tokens, [], texts[0])  # warm-up
+                first = None
+                for n in counts:
+                    row = {"strategy": strategy, "max_batch": mb, "clients": n,
+                           **load(client, name, n, args.tokens, texts=texts)}
+                    first = first or row["tok_s"]
+                    row["vs_one_client"] = row["tok_s"] / first
+                    if args.serial and n > 1:
+                        ser = load(client, name, n, args.tokens, serial=True, texts=texts)
+                        row["serial_tok_s"], row["vs_serial"] = ser["tok_s"], row["tok_s"] / ser["tok_s"]
+                    rows.append(row)
+    prompt_note = f"prompts of ~{args.prompt_tokens} tokens" if args.prompt_tokens else "short prompts"
+    print(f"model {engine.model_name} ({args.shape}) on {loaded.device} ({loaded.dtype}); greedy, {args.tokens} "
+          f"tokens per request, {prompt_note}; one server, one engine per row set")
+    cols = ["strategy", "max_batch", "clients", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s",
+            "ttft_p50_s", "ttft_p99_s", "vs_one_client"] + (["serial_tok_s", "vs_serial"] if args.serial else [])
     print_table(rows, cols)
     return 0
 
