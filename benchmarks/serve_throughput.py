@@ -146,6 +146,8 @@ def main(argv=None) -> int:
                         ser = load(client, name, n, args.tokens, serial=True, texts=texts)
                         row["serial_tok_s"], row["vs_serial"] = ser["tok_s"], row["tok_s"] / ser["tok_s"]
                     rows.append(row)
+                    print("row:", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
+                          file=sys.stderr, flush=True)  # a run cut short still leaves its rows
     prompt_note = f"prompts of ~{args.prompt_tokens} tokens" if args.prompt_tokens else "short prompts"
     print(f"model {engine.model_name} ({args.shape}) on {loaded.device} ({loaded.dtype}); greedy, {args.tokens} "
           f"tokens per request, {prompt_note}; one server, one engine per row set")
