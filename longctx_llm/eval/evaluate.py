@@ -382,6 +382,10 @@ def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: 
     """Teacher-forced accuracy of reproducing ``span`` tokens of the context that follow a ``cue``-token cue."""
     _check_positive(span=span, cue=cue, samples=samples, turn_tokens=turn_tokens)
     instr = engine.tokenize(RECALL_INSTRUCTION, add_special_tokens=False)
+    # a strategy that keeps its last tokens raw (RCC's raw_tail) would show the span's first tokens the raw context:
+    # the cue grows until the token that predicts the span's first is past that tail, so every scored token reads
+    # the compressed context
+    cue = max(cue, engine.strategy.raw_tail() + 1 - len(instr))
     rng = random.Random(seed)
     rows = []
     for C in contexts:

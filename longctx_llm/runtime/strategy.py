@@ -84,6 +84,11 @@ class Strategy(ABC):
         window = self.context_window(info)
         return int(window if window is not None else info.pretraining_length)
 
+    def raw_tail(self) -> int:
+        """Tokens before any token that this strategy always keeps as raw text where it otherwise compresses (RCC's
+        ``raw_tail``; 0: none promised). What measures the compressed context alone (``eval recall``) reads past."""
+        return 0
+
     @abstractmethod
     def new_state(self, model, batch_size: int = 1) -> "StrategyState":
         """A fresh per-sequence state for a loaded model (:class:`~longctx_llm.model.LoadedModel`)."""

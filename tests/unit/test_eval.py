@@ -224,3 +224,19 @@ def test_docs_markup_is_found_and_plain_replies_pass():
                  "Sure: eggs, toast and tea."]:
         assert docs_markup(text) is None, text
     assert len(default_chats()) >= 20
+
+
+def test_recall_reads_past_a_strategy_raw_tail(tiny_model, monkeypatch):
+    """A strategy that keeps its last t tokens raw (RCC's raw_tail): recall's cue grows so that the token predicting
+    the span's first is t + 1 tokens past the context, never reading it raw."""
+    from longctx_llm import Engine
+    from longctx_llm.eval import evaluate
+
+    e = Engine(tiny_model("llama"))
+    instr = len(e.tokenize(evaluate.RECALL_INSTRUCTION, add_special_tokens=False))
+    ids = [3 + i % 200 for i in range(400)]
+    (row,) = evaluate.recall(e, ids, [64], span=8, cue=4, samples=1)
+    assert row["cue"] == 4  # plain attention promises no raw tail
+    monkeypatch.setattr(type(e.strategy), "raw_tail", lambda self: instr + 10)
+    (row,) = evaluate.recall(e, ids, [64], span=8, cue=4, samples=1)
+    assert row["cue"] == 11 and instr + row["cue"] - 1 == e.strategy.raw_tail()

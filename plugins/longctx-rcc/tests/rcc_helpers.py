@@ -21,4 +21,6 @@ def random_compressor(loaded, ratio=4, window=16, seed=0, **kw) -> RCCCompressor
 
 
 def state(loaded, comp, window=16, ratio=4, **kw) -> RCCState:
+    """An RCC state; ``raw_tail`` 0 unless given (a window compressed as soon as the next one starts)."""
+    kw.setdefault("raw_tail", 0)
     return RCCState(loaded, RCCOptions(ratio=ratio, window=window, **kw), comp)

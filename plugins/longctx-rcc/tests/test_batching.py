@@ -2,6 +2,7 @@
 reader LoRA only on rows that hold slots; a token that starts a window leaves the pool, compresses, and joins again.
 Concurrent sessions get exactly their serial replies."""
 
+import pytest
 import torch
 
 from longctx_llm import Engine
@@ -13,15 +14,16 @@ from rcc_helpers import random_compressor, state
 PROMPTS = ["Tell me about the sea and the ships on it, please.", "Count to five.", "Hello!"]
 
 
-def _strategy(tiny, tmp_path):
+def _strategy(tiny, tmp_path, raw_tail=0):
     comp = random_compressor(tiny, ratio=4, window=16)
     comp.save(tmp_path / "c", {"base_model": {"name": "tiny", **files.model_facts(tiny.model)}}, dtype=torch.float32)
-    return {"name": "rcc", "ratio": 4, "window": 16, "compressor": str(tmp_path / "c")}
+    return {"name": "rcc", "ratio": 4, "window": 16, "compressor": str(tmp_path / "c"), "raw_tail": raw_tail}
 
 
-def test_rcc_sessions_under_the_scheduler_equal_serial(peaked_model, chat_runs, tmp_path):
+@pytest.mark.parametrize("raw_tail", [0, 5])
+def test_rcc_sessions_under_the_scheduler_equal_serial(peaked_model, chat_runs, tmp_path, raw_tail):
     tiny = peaked_model()
-    strategy = _strategy(tiny, tmp_path)
+    strategy = _strategy(tiny, tmp_path, raw_tail)
     serial = chat_runs.serial(Engine(tiny, strategy=strategy, batching={"max_batch": 1}), PROMPTS, turns=2, tokens=12)
     engine = Engine(tiny, strategy=strategy, batching={"max_batch": 4})
     assert chat_runs.concurrent(engine, PROMPTS, turns=2, tokens=12) == serial
@@ -65,13 +67,14 @@ def test_rows_with_and_without_slots_decode_as_alone(peaked_model, tmp_path):
     assert rows[0].windows == 1  # fed alone, the row compressed its first window
 
 
-def test_completions_that_cross_a_window_equal_serial(peaked_model, tmp_path):
+@pytest.mark.parametrize("raw_tail", [0, 5])
+def test_completions_that_cross_a_window_equal_serial(peaked_model, tmp_path, raw_tail):
     """Stateless completions (their states are thrown away at the end) still bring their state up to date when a row
     leaves mid-reply to start a window."""
     import threading
 
     tiny = peaked_model()
-    strategy = _strategy(tiny, tmp_path)
+    strategy = _strategy(tiny, tmp_path, raw_tail)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in (10, 12, 14)]
     alone = Engine(tiny, strategy=strategy, batching={"max_batch": 1})

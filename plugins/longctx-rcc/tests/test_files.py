@@ -95,4 +95,4 @@ def test_engine_sessions_rewind_and_restore(tiny_model, tmp_path):
     g = Engine(lm, strategy=strategy, generation={"max_new_tokens": 5})
     assert e.chat(edited, session_id="s").token_ids == g.chat(edited, session_id="t").token_ids
     assert first.prompt_tokens > 16
-    assert e.context_window == (256 - 16) * 4 + 16
+    assert e.context_window == (256 - 16 - 32) * 4 + 16 + 32  # positions: slots, one window, the raw tail (32)

@@ -46,41 +46,90 @@ def test_state_equals_one_pass_forward(tiny_model, arch, pieces):
             torch.testing.assert_close(got[16 * w : 16 * w + text.shape[1]], want, atol=2e-4, rtol=1e-4)
 
 
-def test_prefill_skips_raw_windows_but_ends_the_same(tiny_model):
+def _reference(loaded, comp, ids, tail, W=16):
+    """Logits (T, V) of every token of ``ids`` read as RCC with ``raw_tail`` ``tail`` defines it: the token at
+    position p through one pass over [slots of windows < n(p)][text from window n(p) to p], n(p) = (p - tail) // W."""
+    T, out = ids.shape[1], []
+    n_of = [max(0, p - tail) // W for p in range(T)]
+    p = 0
+    with torch.no_grad():
+        while p < T:
+            n = n_of[p]
+            q = p
+            while q < T and n_of[q] == n:
+                q += 1
+            text = ids[:, n * W : q]
+            if n == 0:
+                logits = loaded.model(input_ids=text).logits[0]
+            else:
+                states = encode_context(loaded.model, comp, ids[:, : n * W])
+                h = decoder_pass(loaded.model, comp, states, text)[:, states.shape[1] :]
+                logits = loaded.model.get_output_embeddings()(h)[0]
+            out.append(logits[p - n * W :])
+            p = q
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("tail", [3, 16, 21])
+@pytest.mark.parametrize("pieces", [[60], [16, 9, 35], [1] * 60])
+def test_a_raw_tail_keeps_the_last_tokens_raw(tiny_model, tail, pieces):
+    """``raw_tail``: every token reads the slots of the windows that have ``tail`` tokens after them and the raw
+    text from there on: one pass over exactly that, however the text is fed."""
     loaded = tiny_model("llama")
     comp = random_compressor(loaded)
-    ids = torch.randint(0, 1000, (1, 45))
-    a, b = state(loaded, comp), state(loaded, comp)
+    torch.manual_seed(5)
+    ids = torch.randint(0, 1000, (1, sum(pieces)))
+    st = state(loaded, comp, raw_tail=tail)
+    got, pos = [], 0
+    for n in pieces:
+        got.append(st.forward(ids[:, pos : pos + n], all_logits=True))
+        pos += n
+    got = torch.cat(got, dim=1)[0]
+    want_windows = (59 - tail) // 16
+    assert st.windows == want_windows and st.cache_entries == want_windows * 4 + 60 - 16 * want_windows
+    torch.testing.assert_close(got, _reference(loaded, comp, ids, tail), atol=2e-4, rtol=1e-4)
+    assert st.cache_entries - (60 - 16 * want_windows) == st.slots and 60 - 16 * want_windows >= tail
+
+
+@pytest.mark.parametrize("tail", [0, 7])
+def test_prefill_skips_raw_windows_but_ends_the_same(tiny_model, tail):
+    loaded = tiny_model("llama")
+    comp = random_compressor(loaded)
+    ids = torch.randint(0, 1000, (1, 45 + tail))
+    a, b = state(loaded, comp, raw_tail=tail), state(loaded, comp, raw_tail=tail)
     last_a = a.forward(ids)  # windows 0, 1 never run raw through the decoder
     last_b = b.forward(ids, all_logits=True)[:, -1:]
     torch.testing.assert_close(last_a, last_b, atol=1e-5, rtol=1e-5)
+    assert a.windows == b.windows == 2
     nxt = torch.tensor([[7, 8, 9]])
     torch.testing.assert_close(a.forward(nxt, all_logits=True), b.forward(nxt, all_logits=True), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("back", [44, 33, 20, 5])
-def test_rewind_equals_a_fresh_state(tiny_model, back):
+@pytest.mark.parametrize("tail", [0, 6])
+@pytest.mark.parametrize("back", [44, 38, 33, 20, 5])
+def test_rewind_equals_a_fresh_state(tiny_model, back, tail):
     loaded = tiny_model("llama")
     comp = random_compressor(loaded)
     ids = torch.randint(0, 1000, (1, 50))
-    st = state(loaded, comp)
+    st = state(loaded, comp, raw_tail=tail)
     st.forward(ids)
     st.rewind(back)
-    fresh = state(loaded, comp)
+    fresh = state(loaded, comp, raw_tail=tail)
     fresh.forward(ids[:, :back])
     nxt = torch.tensor([[11, 12, 13, 14]])
     torch.testing.assert_close(st.forward(nxt, all_logits=True), fresh.forward(nxt, all_logits=True), atol=1e-5, rtol=1e-5)
     assert st.seen == fresh.seen == back + 4
 
 
-def test_save_restore_continues_identically(tiny_model):
+@pytest.mark.parametrize("tail", [0, 9])
+def test_save_restore_continues_identically(tiny_model, tail):
     loaded = tiny_model("llama")
     comp = random_compressor(loaded)
     ids = torch.randint(0, 1000, (1, 37))
-    st = state(loaded, comp)
+    st = state(loaded, comp, raw_tail=tail)
     st.forward(ids)
     tensors, meta = st.state_dict()
-    other = state(loaded, comp)
+    other = state(loaded, comp, raw_tail=tail)
     other.load_state_dict(tensors, meta)
     nxt = torch.tensor([[5, 6, 7]])
     torch.testing.assert_close(other.forward(nxt, all_logits=True), st.forward(nxt, all_logits=True))
@@ -129,8 +178,8 @@ def test_graph_replayed_decode_with_reader_lora_equals_eager(tiny_model):
     assert b.decoder._graphs is not None and b.decoder._graphs.captured >= 1
 
 
-@pytest.mark.parametrize("prompt_len", [37, 48])  # the replies cross window ends; 48: the prompt ends on one
-def test_decoding_one_step_ahead_equals_step_by_step(tiny_model, prompt_len):
+@pytest.mark.parametrize("prompt_len,tail", [(37, 0), (48, 0), (37, 5), (53, 5)])  # replies cross window (+ tail) ends
+def test_decoding_one_step_ahead_equals_step_by_step(tiny_model, prompt_len, tail):
     """``lookahead`` (the CUDA default) through the generation loop: the same replies, and the state ends where
     step by step ends (a window compressed one token early answers the same)."""
     from longctx_llm.config import GenerationConfig
@@ -141,7 +190,7 @@ def test_decoding_one_step_ahead_equals_step_by_step(tiny_model, prompt_len):
     ids = torch.randint(0, 1000, (1, prompt_len))
     results = []
     for on in (False, True):
-        st = state(loaded, comp, static_cache=True, lookahead=on)
+        st = state(loaded, comp, static_cache=True, lookahead=on, raw_tail=tail)
         assert st.lookahead is on
         replies = []
         for turn, n in enumerate((21, 1, 16)):  # three replies on one state, as a session's turns

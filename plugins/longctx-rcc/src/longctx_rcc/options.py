@@ -22,6 +22,11 @@ class RCCOptions(FastDecodeOptions):
         description="Compressor directory (longctx train rcc output, or the official RCC_Ins_Reconstruction "
         "checkpoint); default: the compressor shipped for the embedded model.",
     )
+    raw_tail: int = Field(
+        32, ge=0,
+        description="The most recent tokens always stay raw text: a window is compressed only once this many tokens "
+        "follow it (0: as soon as the next window starts, so the token after a window boundary reads slots alone).",
+    )
     encode_batch: int = Field(8, gt=0, description="Windows encoded per encoder forward.")
     prefill_chunk_size: int = Field(2048, gt=0, description="Tokens per decoder forward (bounds activation memory).")
 

@@ -4,7 +4,7 @@ While a reply is decoded, an RCC state only feeds its decoder: a plain KV cache 
 windows and the current window's raw tokens. The rows' decoders therefore pool as any plain cache does
 (:class:`~longctx_llm.runtime.KVPool`), with one difference: text read after slots goes through the compressor's
 reader LoRA, so the step applies it on the rows that hold slots only (bit for bit the others' plain forward). A
-token that starts a new window must compress the finished one first: :meth:`RCCPool.accepts` says no, the
+token that completes a window's raw tail must compress that window first: :meth:`RCCPool.accepts` says no, the
 scheduler lets that row leave and feed the token alone (the state compresses as it always does), and the row joins
 again at the next step.
 """
@@ -50,7 +50,7 @@ class RCCPool(RowPool):
         if state.compressor is not self._compressor:
             return False  # one forward reads one compressor's reader LoRA
         fed = next((f for s, f in zip(self.states, self.fed) if s is state), [])
-        return (state.seen + len(fed)) // state.window <= state.windows  # the next token does not start a window
+        return state.windows_for(state.seen + len(fed)) <= state.windows  # the next token compresses no window
 
     def join(self, owner: Any, state) -> None:
         self.decoders.join(owner, state.decoder)

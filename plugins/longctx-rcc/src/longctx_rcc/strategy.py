@@ -1,11 +1,12 @@
 """``rcc``: Recurrent Context Compression (arXiv 2406.06110, REFERENCE §4) as a long-prompt strategy.
 
-The text is cut into windows of W tokens. The decoder's cache holds ``[slots of complete windows][the current
-window's tokens]``: a token at text position i is read with the slots of windows ``0 .. i // W - 1`` (W / ratio
-each, at positions ``0 .. P-1``) and its own window's earlier tokens (at ``P ..``), through the compressor's reader
-LoRA when it has one. When text arrives past a complete
-window, that window is encoded and its raw entries give way to its slots, so memory grows ``ratio`` times slower
-than the text. A long prompt's complete windows are encoded in batches (``encode_batch`` windows per encoder pass)
+The text is cut into windows of W tokens. The decoder's cache holds ``[slots of compressed windows][the raw text
+after them]``: a token at text position i is read with the slots of windows ``0 .. n(i) - 1`` (W / ratio each, at
+positions ``0 .. P-1``), ``n(i) = max(0, i - raw_tail) // W``, and the raw text from window ``n(i)`` on (at ``P ..``),
+through the compressor's reader LoRA when it has one. So the last ``raw_tail`` tokens before any token are always
+raw text (``raw_tail: 0``: a token right after a window boundary reads slots alone). When a window has ``raw_tail``
+tokens after it, it is encoded and its raw entries give way to its slots (the raw tokens after it are read again
+after the new slots), so memory grows ``ratio`` times slower than the text. A long prompt's complete windows are encoded in batches (``encode_batch`` windows per encoder pass)
 and never run raw through the decoder unless their logits are asked for (scoring).
 
 A prompt shorter than one window never reaches the compressor: RCC then *is* plain attention.
@@ -46,6 +47,7 @@ class RCCState(StrategyState):
         self.model = model  # LoadedModel
         self.options, self.compressor = options, compressor
         self.window, self.per_window = options.window, options.window // options.ratio
+        self.tail = options.raw_tail
         static, graphs = fast_decode_defaults(model, options.static_cache, options.cuda_graphs)
         self.decoder = KVCacheState(model, 1, prefill_chunk_size=options.prefill_chunk_size, static_cache=static,
                                     cuda_graphs=graphs, compile_steps=options.compile, lookahead=options.lookahead)
@@ -69,8 +71,12 @@ class RCCState(StrategyState):
         return self.decoder.seen
 
     def reserve(self, tokens: int) -> None:
-        """The decoder's cache holds the slots of complete windows plus one window of text."""
-        self.decoder.reserve(-(-tokens // self.window) * self.per_window + self.window)
+        """The decoder's cache holds the slots of complete windows plus one window and the raw tail of text."""
+        self.decoder.reserve(-(-tokens // self.window) * self.per_window + self.window + self.tail)
+
+    def windows_for(self, position: int) -> int:
+        """Windows compressed before the token at text ``position`` is read (the last ``raw_tail`` stay raw)."""
+        return max(0, position - self.tail) // self.window
 
     # ---- compression ---------------------------------------------------------------------------------------
     def _compress(self, upto: int) -> None:
@@ -78,7 +84,7 @@ class RCCState(StrategyState):
         W, model = self.window, self.model
         if upto <= self.windows:
             return
-        self.decoder.rewind(self.slots)  # the raw entries of the window being compressed go
+        self.decoder.rewind(self.slots)  # the raw entries go (those after the compressed windows are read again)
         ids = torch.tensor(self.text[self.windows * W : upto * W], device=model.device).view(-1, W)  # (n, W)
         bs = self.options.encode_batch
         with progress_bar(total=ids.shape[0], desc="rcc encode", unit="win", enabled=ids.shape[0] >= 8) as bar:
@@ -118,17 +124,18 @@ class RCCState(StrategyState):
         self.text.extend(new)
         outs, last = [], None
         while pos < end:
-            w = pos // W
-            if w > self.windows:
-                self._compress(w)
-            stop = min(end, (w + 1) * W)
+            need = self.windows_for(pos)
+            if need > self.windows:
+                self._compress(need)
+            stop = min(end, (self.windows + 1) * W + self.tail)  # the next token that compresses a window
             if not all_logits and stop < end:
-                pos = stop  # a window completed inside this input: encoded when the next one starts, never run raw
+                pos = stop  # text compressed inside this input: encoded when its tail is complete, never run raw
                 continue
-            piece = torch.tensor([self.text[pos:stop]], device=self.model.device)
+            cached = self.windows * W + self.decoder.seen - self.slots  # text in the cache: up to here
+            piece = torch.tensor([self.text[cached:stop]], device=self.model.device)  # raw text again, then the new
             last = self.decoder.forward(piece, all_logits=all_logits, hooks=self._reader())
             if all_logits:
-                outs.append(last)
+                outs.append(last[:, pos - cached :])
             pos = stop
         self.seen = end
         return torch.cat(outs, dim=1) if all_logits else last
@@ -137,7 +144,7 @@ class RCCState(StrategyState):
         if not 0 <= length <= self.seen:
             raise LongctxError(f"cannot rewind to {length}: {self.seen} tokens were fed")
         W = self.window
-        keep = min(self.windows, length // W)
+        keep = min(self.windows, self.windows_for(length))  # as a state fed ``length`` tokens reads the next one
         if keep < self.windows:  # back into compressed text: drop later windows' slots, re-feed the rest raw
             self.decoder.rewind(keep * self.per_window)
             self.windows = keep
@@ -204,11 +211,11 @@ class RCCStrategy(Strategy):
                 f"strategy 'rcc' supports model types {', '.join(sorted(hf_adapter.ARCHITECTURES))}; "
                 f"got {info.model_type!r}"
             )
-        L = info.pretraining_length
-        if L and self.options.window >= L:
+        L, o = info.pretraining_length, self.options
+        if L and o.window + o.raw_tail >= L:
             raise ConfigError(
-                f"strategy.window: {self.options.window} must be below the model's pretraining length {L} "
-                "(the slots and the current window share it)"
+                f"strategy.window + strategy.raw_tail: {o.window} + {o.raw_tail} must be below the model's pretraining "
+                f"length {L} (the slots, the current window and the raw tail share it)"
             )
 
     def prepare(self, model) -> None:
@@ -250,14 +257,19 @@ class RCCStrategy(Strategy):
             return comp
 
     def context_window(self, info) -> Optional[int]:
-        """Text tokens that fit: slots and the current window share the model's positions (P + W <= L)."""
+        """Text tokens that fit: slots, the current window and the raw tail share the model's positions
+        (P + W + raw_tail <= L)."""
         L, W, r = info.pretraining_length, self.options.window, self.options.ratio
         if not L:
             return None
-        return (L - W) * r + W
+        raw = W + self.options.raw_tail
+        return (L - raw) * r + raw
 
     def attention_span(self, info) -> int:
         return int(info.pretraining_length or self.options.window)
+
+    def raw_tail(self) -> int:
+        return self.options.raw_tail
 
     def row_pool(self, model):
         """Replies decode together, each on its own decoder (slots and raw text): ``pool.py``."""
