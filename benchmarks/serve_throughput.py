@@ -22,6 +22,7 @@ about N tokens with filler text of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import threading
@@ -68,6 +69,27 @@ def one(client, model: str, i: int, tokens: int, out: list, text: str = "") -> N
                 raw.headers.get("x-replica")))
 
 
+class DirectClient:
+    """The engine without the server: each request streams ``engine.stream_chat`` in its own thread (``--direct``),
+    so a table with and without it tells the HTTP layer's share."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+
+def one_direct(client: DirectClient, i: int, tokens: int, out: list, text: str = "") -> None:
+    t0 = time.perf_counter()
+    first, n = None, 0
+    stream = client.engine.stream_chat([{"role": "user", "content": text or prompt(i)}],
+                                       session_id=f"bench-{i}-{time.monotonic_ns()}", max_new_tokens=tokens,
+                                       temperature=0.0)
+    for piece in stream:
+        if first is None and piece:
+            first = time.perf_counter() - t0
+    n = stream.completion.completion_tokens
+    out.append((time.perf_counter() - t0, first or 0.0, n, None))
+
+
 def _pct(values: list, q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
@@ -77,8 +99,12 @@ def load(client, model: str, clients: int, tokens: int, serial: bool = False, te
     """``clients`` requests at once (or one after another), each its own session: wall time, tokens/s over all,
     latency and time to first token (p50, p99)."""
     out: list = []
-    threads = [threading.Thread(target=one, args=(client, model, i, tokens, out, texts[i] if texts else ""))
-               for i in range(clients)]
+    if isinstance(client, DirectClient):
+        threads = [threading.Thread(target=one_direct, args=(client, i, tokens, out, texts[i] if texts else ""))
+                   for i in range(clients)]
+    else:
+        threads = [threading.Thread(target=one, args=(client, model, i, tokens, out, texts[i] if texts else ""))
+                   for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -94,6 +120,19 @@ def load(client, model: str, clients: int, tokens: int, serial: bool = False, te
     return {"wall_s": wall, "tokens": toks, "tok_s": toks / wall, "latency_p50_s": _pct(lat, 0.5),
             "latency_p99_s": _pct(lat, 0.99), "ttft_p50_s": _pct(ttft, 0.5), "ttft_p99_s": _pct(ttft, 0.99),
             "replicas_used": len({r for _, _, _, r in out})}
+
+
+def _print_profile(yappi, top: int = 40) -> None:
+    """The profiled load's functions by time spent in them (not in callees), over all threads, and per thread."""
+    stats = yappi.get_func_stats()
+    stats.sort("tsub", "desc")
+    print(f"-- yappi (wall clock): top {top} functions by own time", file=sys.stderr)
+    for f in list(stats)[:top]:
+        print(f"{f.tsub:9.3f} s own {f.ttot:9.3f} s total {f.ncall:8d} calls  {f.module.split('/')[-1]}:{f.lineno} "
+              f"{f.name}", file=sys.stderr)
+    for t in yappi.get_thread_stats():
+        print(f"thread {t.name} {t.id}: {t.ttot:.3f} s", file=sys.stderr)
+    yappi.clear_stats()
 
 
 def _no_end_of_text(loaded) -> None:
@@ -114,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--strategy", default="full", help="one strategy, or several comma-separated (one table each)")
     p.add_argument("--max-batch", default="16", help="engine batching.max_batch values, one table row set each")
     p.add_argument("--serial", action="store_true", help="also the same requests one after another")
+    p.add_argument("--direct", action="store_true", help="the engine's stream_chat in threads, no server")
+    p.add_argument("--profile", type=int, default=0,
+                   help="with N > 0: a yappi profile (all threads) of the N-client load, its top functions printed")
     args = p.parse_args(argv)
 
     from openai import OpenAI
@@ -133,13 +175,26 @@ def main(argv=None) -> int:
         for mb in [int(x) for x in args.max_batch.split(",")]:
             engine = Engine(loaded, strategy=strategy, batching={"max_batch": mb})
             _ = engine.loaded
-            with LiveServer(create_app(engine, model_name=name)) as live:
-                client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
-                one(client, name, 0, args.tokens, [], texts[0])  # warm-up
+            with contextlib.ExitStack() as stack:
+                if args.direct:
+                    client = DirectClient(engine)
+                    one_direct(client, 0, args.tokens, [], texts[0])  # warm-up
+                else:
+                    live = stack.enter_context(LiveServer(create_app(engine, model_name=name)))
+                    client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
+                    one(client, name, 0, args.tokens, [], texts[0])  # warm-up
                 first = None
                 for n in counts:
-                    row = {"strategy": strategy, "max_batch": mb, "clients": n,
+                    if n == args.profile:
+                        import yappi
+
+                        yappi.set_clock_type("wall")
+                        yappi.start()
+                    row = {"strategy": strategy, "max_batch": mb, "clients": n, "direct": args.direct,
                            **load(client, name, n, args.tokens, texts=texts)}
+                    if n == args.profile:
+                        yappi.stop()
+                        _print_profile(yappi)
                     first = first or row["tok_s"]
                     row["vs_one_client"] = row["tok_s"] / first
                     if args.serial and n > 1:
@@ -151,7 +206,7 @@ def main(argv=None) -> int:
     prompt_note = f"prompts of ~{args.prompt_tokens} tokens" if args.prompt_tokens else "short prompts"
     print(f"model {engine.model_name} ({args.shape}) on {loaded.device} ({loaded.dtype}); greedy, {args.tokens} "
           f"tokens per request, {prompt_note}; one server, one engine per row set")
-    cols = ["strategy", "max_batch", "clients", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s",
+    cols = ["strategy", "max_batch", "clients", "direct", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s",
             "ttft_p50_s", "ttft_p99_s", "vs_one_client"] + (["serial_tok_s", "vs_serial"] if args.serial else [])
     print_table(rows, cols)
     return 0
