@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.source:
         rows = [(f.stem, json.loads(f.read_text())["results"][0]) for f in sorted(Path(args.source).glob("*.json"))]
+        rows = [(name, r) for name, r in rows if "ppl_pipeline" in r]  # gap rows (a folder may hold recall rows too)
     else:
         if not args.pipeline or not args.texts:
             p.error("--pipeline and --texts are needed (or --from DIR)")

@@ -11,9 +11,9 @@
 #                                     the 1M-token stream with default options, out of memory on the GPU
 #   bash benchmarks/gpu.sh decode     decode at batch 1 against the bandwidth bound (8B shape, 4k/32k/64k): the default
 #                                     path, the eager path, compile: true and transformers' static cache + compile
-#   bash benchmarks/gpu.sh serve      the embedded model on the GPU through the layers (engine, `longctx run`,
-#                                     ChatLongctx, LongctxLLM) and `longctx serve` under 1/4/16 concurrent sessions
-#                                     (needs .whl2 and .whl3: the server's and the integrations' wheels)
+#   bash benchmarks/gpu.sh serve      `longctx serve` under 1/16/64 concurrent sessions, full / dca / streaming, SmolLM2;
+#                                     the 8B shape at 4k prompts, 1/16 sessions (needs .whl2: the server's wheels, with
+#                                     opentelemetry-api; SERVE_LAYERS=1 also the layers' overhead, which needs .whl3)
 #   bash benchmarks/gpu.sh tp         tensor parallel (a machine of 2+ GPUs): decode tokens/s of SmolLM2 and an 8B-shaped
 #                                     model at tp 1, then 2, 3, 4 as the GPUs allow (SmolLM2's 9 heads: tp 3 only)
 #   bash benchmarks/gpu.sh replicas   Ray Serve: 16 sessions on 1 then 2 replicas, one GPU each (a 2-GPU machine; Ray's
@@ -153,10 +153,20 @@ case "${1:-}" in
     (cd benchmarks && python3 gpu_decode.py --contexts "${CONTEXTS:-4096,32768,65536}" --layers "${LAYERS:-32}" \
       --steps "${STEPS:-48}" --compile --tokenizer ../.data/tok --out "$OUT" 2>&1 | grep -v -i warn | tail -24)
     ;;
-  serve)
-    python3 benchmarks/layers_overhead.py --model "$MODEL" --device cuda --tokens 200 --runs 5 2>&1 | grep -v -i warn | tail -7
-    python3 benchmarks/serve_throughput.py --model "$MODEL" --device cuda --clients 1,4,16 --tokens 128 2>&1 \
-      | grep -v -i warn | tail -6
+  serve)  # issue 24's GPU table (SERVE_LAYERS=1: also the layers' overhead, which needs .whl3's integrations)
+    [ "${SERVE_LAYERS:-0}" = 1 ] && python3 benchmarks/layers_overhead.py --model "$MODEL" --device cuda --tokens 200 \
+      --runs 5 2>&1 | grep -v -i warn | tail -7
+    sv() {  # every row into $OUT/serve.log as it completes; the tables to the console
+      echo "== serve_throughput.py $*" | tee -a "$OUT/serve.log"
+      timeout "${SERVE_TIMEOUT:-240}" python3 benchmarks/serve_throughput.py --model "$MODEL" --device cuda --tokens 128 \
+        "$@" > /tmp/sv.out 2>&1
+      grep -v -i "warn\|Converting and de-quantizing" /tmp/sv.out >> "$OUT/serve.log"
+      grep -E "^ *(strategy|full|dca|streaming|rcc) " /tmp/sv.out
+    }
+    sv --strategy full,dca,streaming --max-batch 1 --clients 1
+    sv --strategy full,dca,streaming --max-batch 64 --clients 1,16,64
+    sv --shape llama-8b --layers 32 --vocab 49152 --prompt-tokens 4096 --strategy full,dca,streaming --max-batch 16 \
+      --clients 1,16
     ;;
   tp)  # an nvidia-h100-x2 or more: model.tp through transformers' tensor parallelism, one process per GPU
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
