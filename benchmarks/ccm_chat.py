@@ -9,8 +9,8 @@ accuracy and NLL of ``<word>``. Memories compared in one run:
 - ``ccm``: the shipped adapter, concat, 2 slots per turn;
 - ``none``: the question alone (no memory);
 - ``full``: the whole dialogue as text (``buffer``), while it fits the model's window;
-- ``buffer-matched``: ``buffer`` keeping only as many recent turns as fit in CCM's slot count (2 per turn) worth of
-  key/values, i.e. what a plain text memory of the same size remembers.
+- ``buffer-matched``: ``buffer`` keeping only as many recent turns as fit in CCM's positions (2 slots per turn plus
+  its ``raw_tail`` of raw tokens) worth of key/values, i.e. what a plain text memory of the same size remembers.
 
 ``--footprint`` also drives sessions of 10/50/100 turns and reports the cache's key/value bytes and the time of each
 turn for ccm and full text.
@@ -117,7 +117,8 @@ def main(argv=None) -> int:
             n_turns = len(turns) // 2
             if turn_tokens is None:
                 turn_tokens = len(render_ids(engines["text"], turns)) / n_turns
-            matched = max(0, min(n_turns, math.floor(2 * n_turns / turn_tokens)))
+            kept = 2 * n_turns + engines["ccm"].memory.options.raw_tail  # CCM's positions: slots and its raw tail
+            matched = max(0, min(n_turns, math.floor(kept / turn_tokens)))
             res["ccm"].append(score(engines["ccm"], turns, question, answer))
             res["none"].append(score(engines["text"], [], question, answer))
             try:

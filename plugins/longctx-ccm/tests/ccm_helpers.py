@@ -34,7 +34,7 @@ class FakeSession:
 def run_turns(loaded, adapter, segments: list[list[int]], k: int, mode: str = "concat"):
     """Feed segments 0..N-2 as turns (each compressed), then segment N-1; return (session, logits of the last)."""
     state = KVCacheState(loaded, 1)
-    memory = CCMState(adapter, CCMOptions(mode=mode, comp_tokens=k), loaded)
+    memory = CCMState(adapter, CCMOptions(mode=mode, comp_tokens=k, raw_tail=0), loaded)
     session = FakeSession(state)
     full: list[int] = []
     for seg in segments[:-1]:

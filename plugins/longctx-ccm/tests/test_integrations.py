@@ -30,7 +30,9 @@ def test_langchain_chat_model_keeps_one_memory_per_thread(tiny_ccm, tiny_model_d
     chat.invoke("Hello.", config={"configurable": {"thread_id": "t2"}})
     engine = chat.engine
     assert engine.session("t1").memory.slots == 4 and engine.session("t2").memory.slots == 2
-    assert engine.session("t1").state.seen == 4  # only the slots stay in the cache between turns
+    s = engine.session("t1")
+    # between turns the cache holds the slots and the last raw_tail (32) tokens of the compressed text, nothing else
+    assert s.state.seen == 4 + 32 and s.cached_ids[4:] == s.memory.covered[-32:]
 
 
 def test_llama_index_memory_and_chat_engine(tiny_ccm):
@@ -47,7 +49,7 @@ def test_llama_index_memory_and_chat_engine(tiny_ccm):
     for text in ("Tell me about rivers.", "And lakes?", "And seas?"):
         chat.chat(text)
     session = engine.session("li")
-    assert session.turns == 3 and session.memory.slots == 6 and session.state.seen == 6
+    assert session.turns == 3 and session.memory.slots == 6 and session.state.seen == 6 + 32  # + the raw tail
 
 
 @pytest.mark.integration
@@ -56,7 +58,7 @@ def test_shipped_adapter_serves_the_embedded_model(smollm):
     engine.chat("My favourite colour is green.", session_id="s")
     engine.chat("What is the capital of France?", session_id="s")
     s = engine.session("s")
-    assert s.memory.slots == 4 and s.state.seen == 4
+    assert s.memory.slots == 4 and s.state.seen == 4 + 32  # the slots and the raw tail (32 tokens)
     card = s.memory.adapter.card
     assert card["base_model"]["sha256"] == smollm.fingerprint
     # a trained adapter, measured where it was trained: held-out Python docs (per source when trained on a mix)

@@ -26,6 +26,8 @@ def adapter_dir(tiny, tmp_path):
 
 
 def ccm_engine(loaded, adapter_dir, **opts):
+    """A ccm engine; ``raw_tail`` 0 unless given (slots alone behind the turns)."""
+    opts.setdefault("raw_tail", 0)
     return Engine(loaded, memory={"name": "ccm", "adapter": str(adapter_dir), **opts}, generation={"max_new_tokens": 6})
 
 
@@ -77,12 +79,38 @@ def test_max_slots_drops_the_oldest_turns(tiny, adapter_dir):
     assert all(k.shape[-2] == 4 for k, _ in hf_adapter.cache_kv(s.state.cache))  # the cache itself, not a counter
 
 
-def test_save_restore_next_turn_equals_uninterrupted(tiny, adapter_dir, tmp_path):
-    a = ccm_engine(tiny, adapter_dir)
+@pytest.mark.parametrize("tail", [3, 40])
+def test_a_raw_tail_reads_the_end_of_the_compressed_text_raw(tiny, adapter_dir, tail):
+    """``raw_tail``: each turn is compressed alone behind the earlier slots (the slots are those of ``raw_tail: 0``),
+    and the next text reads [slots][the last ``tail`` compressed tokens][itself]: exactly what ``raw_tail: 0`` gives
+    when those tokens are fed again in front of it."""
+    a, b = ccm_engine(tiny, adapter_dir, raw_tail=tail), ccm_engine(tiny, adapter_dir)
+    gen = torch.Generator().manual_seed(4)
+    turns = [torch.randint(3, 900, (n,), generator=gen).tolist() for n in (12, 9, 30)]
+    for t in turns:
+        a.extend("a", t)
+        b.extend("b", t)
+    sa, sb = a.session("a"), b.session("b")
+    covered = [x for t in turns for x in t]
+    assert sa.memory.covered == sb.memory.covered == covered and sa.memory.slots == sb.memory.slots == 6
+    kept = covered[-tail:]
+    assert sa.state.seen == 6 + len(kept) and sa.cached_ids == [SLOT] * 6 + kept
+    for (ka, va), (kb, vb) in zip(sa.state.kv_span(0, 6), sb.state.kv_span(0, 6)):
+        torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)
+    q = torch.randint(3, 900, (7,), generator=gen).tolist()
+    got = a.extend("a", q, end_turn=False, all_logits=True)
+    want = b.extend("b", kept + q, end_turn=False, all_logits=True)[:, len(kept):]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tail", [0, 5])
+def test_save_restore_next_turn_equals_uninterrupted(tiny, adapter_dir, tmp_path, tail):
+    a = ccm_engine(tiny, adapter_dir, raw_tail=tail)
     for t in TURNS[:2]:
         a.chat(t, session_id="s")
     a.save_session("s", tmp_path / "saved")
-    b = ccm_engine(tiny, adapter_dir)
+    b = ccm_engine(tiny, adapter_dir, raw_tail=tail)
     b.load_session(tmp_path / "saved")
     want = a.chat(TURNS[2], session_id="s")
     got = b.chat(TURNS[2], session_id="s")
@@ -90,15 +118,18 @@ def test_save_restore_next_turn_equals_uninterrupted(tiny, adapter_dir, tmp_path
     assert b.session("s").memory.slots == a.session("s").memory.slots == 6
 
 
-def test_a_whole_history_at_once_is_compressed_turn_by_turn(tiny, adapter_dir):
-    e = ccm_engine(tiny, adapter_dir)
+@pytest.mark.parametrize("tail", [0, 6])
+def test_a_whole_history_at_once_is_compressed_turn_by_turn(tiny, adapter_dir, tail):
+    e = ccm_engine(tiny, adapter_dir, raw_tail=tail)
     history = [
         {"role": "user", "content": TURNS[0]}, {"role": "assistant", "content": "Hello Ada."},
         {"role": "user", "content": TURNS[1]}, {"role": "assistant", "content": "Nice city."},
         {"role": "user", "content": TURNS[2]},
     ]
     e.chat(history, session_id="s")
-    assert e.session("s").memory.slots == 6  # three finished turns, two slots each
+    s = e.session("s")
+    assert s.memory.slots == 6  # three finished turns, two slots each
+    assert s.state.seen == 6 + tail and s.cached_ids[6:] == s.memory.covered[len(s.memory.covered) - tail:]
 
 
 def test_an_edited_history_rebuilds_the_memory(tiny, adapter_dir):

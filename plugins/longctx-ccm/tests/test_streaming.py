@@ -13,7 +13,7 @@ TURNS = ["My name is Ada.", "I live in Paris and I like long walks by the river.
 def test_streaming_without_eviction_equals_full(tiny_model, tmp_path, layout):
     lm = tiny_model("llama", max_positions=512)
     d = save_random_adapter(lm, tmp_path / "a")
-    mem = {"name": "ccm", "adapter": str(d), "comp_tokens": 2}
+    mem = {"name": "ccm", "adapter": str(d), "comp_tokens": 2, "raw_tail": 0}  # (with a tail: the next test)
     full = Engine(lm, memory=mem, generation={"max_new_tokens": 8})
     stream = Engine(lm, strategy={"name": "streaming", "window": 400, "layout": layout}, memory=mem,
                     generation={"max_new_tokens": 8})
@@ -46,5 +46,22 @@ def test_streaming_compresses_a_whole_history_once(tiny_model, tmp_path):
                {"role": "user", "content": TURNS[2]}]
     e.chat(history, session_id="s")
     s = e.session("s")
-    assert s.memory.slots == 2 and s.state.cache_tokens == 2  # one piece: the append-only cache cannot split it
+    assert s.memory.slots == 2  # one piece: the append-only cache cannot split it
+    assert s.state.cache_tokens == 2 + 32 and s.cached_ids[2:] == s.memory.covered[-32:]  # the slots, the raw tail
     assert s.memory.covered == s.token_ids
+
+
+@pytest.mark.parametrize("layout", ["ring", "shift"])
+def test_streaming_keeps_the_raw_tail_behind_the_slots(tiny_model, tmp_path, layout):
+    """An append-only cache cannot drop the old tail before the next turn is compressed: it compresses it with the
+    turn, then the new tail follows the slots; nothing stale is ever read."""
+    lm = tiny_model("llama", max_positions=512)
+    d = save_random_adapter(lm, tmp_path / "a")
+    e = Engine(lm, strategy={"name": "streaming", "window": 400, "layout": layout},
+               memory={"name": "ccm", "adapter": str(d), "comp_tokens": 2, "raw_tail": 8},
+               generation={"max_new_tokens": 6})
+    for i, t in enumerate(TURNS):
+        e.chat(t, session_id="s")
+        s = e.session("s")
+        assert s.memory.slots == 2 * (i + 1) and s.state.cache_tokens == 2 * (i + 1) + 8
+        assert s.cached_ids[-8:] == s.memory.covered[-8:] == s.token_ids[-8:]

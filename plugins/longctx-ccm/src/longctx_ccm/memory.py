@@ -1,8 +1,12 @@
 """``ccm``: Compressed Context Memory (ICLR'24, REFERENCE §3) as a longctx-llm memory.
 
-Layout of a session's cache: ``[slots of earlier turns][the current turn's tokens]``. When a turn ends, ``k`` COMP
-tokens are fed after it with the conditional LoRA on (their embeddings are the adapter's), then the turn's entries
-are removed and the COMP entries move back to where the turn began (``compact_tail``): the turn becomes ``k`` slots.
+Layout of a session's cache: ``[slots of earlier turns][raw tail][the current turn's tokens]``. When a turn ends,
+``k`` COMP tokens are fed after it with the conditional LoRA on (their embeddings are the adapter's), then the turn's
+entries are removed and the COMP entries move back to where the turn began (``compact_tail``): the turn becomes ``k``
+slots. The turn is compressed on its own, right after the earlier slots (as in training); then the last
+``raw_tail`` tokens of the compressed text are fed again behind the slots, so the next turn reads the end of the
+last one as text (an append-only streaming cache, which cannot drop the old tail first, compresses it with the
+turn).
 
 Positions (why they differ from the reference): the reference keeps text positions "as if the full context were
 present", so a long chat walks past the model's trained length (SmolLM2: 8k positions after ~50 turns of 160
@@ -71,7 +75,12 @@ class CCMState(MemoryState):
         n = len(self.covered)
         if ids[:n] != self.covered:
             return None
-        return [SLOT] * self.slots + list(ids[n:])
+        return [SLOT] * self.slots + self._tail() + list(ids[n:])
+
+    def _tail(self) -> list[int]:
+        """The last ``raw_tail`` tokens of the compressed text, kept raw behind the slots."""
+        t = min(self.options.raw_tail, len(self.covered)) if self.slots else 0
+        return list(self.covered[len(self.covered) - t :]) if t else []
 
     # ---- compression at the end of a turn ----------------------------------------------------------------
     def on_turn_end(self, history: list[Message], session: Any) -> None:
@@ -95,6 +104,10 @@ class CCMState(MemoryState):
                 break
             self.covered = ids[: start + n]
             start += n
+        tail = self._tail()
+        if tail:  # the end of the compressed text, raw again behind the slots
+            state.forward(torch.tensor([tail], dtype=torch.long, device=self.model.device))
+            session.cached_ids.extend(tail)
         logger.debug("ccm: %d slots after %d turns; cache holds %d entries", self.slots, self.turns, state.seen)
 
     def _pieces(self, history: list[Message], ids: list[int]) -> list[int]:

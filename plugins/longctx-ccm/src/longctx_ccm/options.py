@@ -22,6 +22,11 @@ class CCMOptions(MemoryOptions):
         description="Adapter directory (longctx train ccm output, or the reference's released LoRA + COMP "
         "embeddings); default: the adapter shipped for the embedded model.",
     )
+    raw_tail: int = Field(
+        32, ge=0, le=4096,
+        description="The last tokens of the compressed turns stay in the cache as raw text behind the slots, so the "
+        "next turn reads the end of the last one word for word (0: slots alone).",
+    )
     max_slots: Optional[int] = Field(
         None, gt=0, description="concat: keep at most this many slots, dropping the oldest turns' (default: all)."
     )
