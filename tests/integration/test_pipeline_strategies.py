@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ["quickstart.yaml", "langchain.yaml", "llama_index_llm.yaml", "llama_index_chat_engine.yaml",
              "llama_index_query_engine.yaml"]
-STRATEGIES = {"full": 8192, "dca": 65536, "streaming": None, "rcc": (8192 - 1024) * 32 + 1024}
+STRATEGIES = {"full": 8192, "dca": 65536, "streaming": None, "rcc": (8192 - 1024 - 32) * 32 + 1024 + 32}  # rcc: raw_tail 32
 
 
 @pytest.mark.parametrize(

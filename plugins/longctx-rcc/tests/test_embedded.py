@@ -17,4 +17,4 @@ def test_shipped_compressor_serves_the_embedded_model(smollm):
     state = engine.strategy.new_state(smollm)
     state.forward(__import__("torch").tensor([ids]))
     assert state.windows == 2 and state.cache_entries == 2 * 32 + (2600 - 2048)
-    assert engine.context_window == (8192 - 1024) * 32 + 1024
+    assert engine.context_window == (8192 - 1024 - 32) * 32 + 1024 + 32  # slots, one window, the raw tail
