@@ -383,16 +383,20 @@ def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: 
     _check_positive(span=span, cue=cue, samples=samples, turn_tokens=turn_tokens)
     instr = engine.tokenize(RECALL_INSTRUCTION, add_special_tokens=False)
     # a strategy that keeps its last tokens raw (RCC's raw_tail) would show the span's first tokens the raw context:
-    # the cue grows until the token that predicts the span's first is past that tail, so every scored token reads
-    # the compressed context
+    # the cue grows until the token that predicts the span's first is past that tail. A memory that keeps the end of
+    # the compressed turns raw (CCM's raw_tail) holds the context's last tokens whatever follows: spans are drawn
+    # before them. So every scored token reads the context compressed (RCC: a context of whole windows; a partial
+    # window's text is never compressed)
     cue = max(cue, engine.strategy.raw_tail() + 1 - len(instr))
+    held_raw = engine.memory.raw_tail() if uses_memory(engine) else 0
     rng = random.Random(seed)
     rows = []
     for C in contexts:
         _check_positive(context=C)
         row: dict[str, Any] = {"context_tokens": C, "span": span, "cue": cue, "samples": samples}
-        if cue + span > C:
-            rows.append({**row, "error": f"--cue + --span = {cue + span} exceeds the context of {C} tokens"})
+        if cue + span + held_raw > C:
+            rows.append({**row, "error": f"--cue + --span = {cue + span} exceeds the context of {C} tokens"
+                         + (f" less the memory's raw tail of {held_raw}" if held_raw else "")})
             continue
         data = spans(ids, C, samples, seed)
         try:
@@ -401,7 +405,7 @@ def recall(engine, ids: Sequence[int], contexts: Sequence[int], span: int, cue: 
             full_ok = _fits_plain(engine, C + first + span)
             with progress_bar(total=samples, desc=f"recall {C}", unit="sample", enabled=samples > 1) as bar:
                 for ctx in data:
-                    at = rng.randint(0, C - cue - span)
+                    at = rng.randint(0, C - cue - span - held_raw)
                     query = instr + ctx[at : at + cue + span]
                     hits["none"].append(_hits(plain_logits(engine, query), query, first))
                     hits["pipeline"].append(_hits(pipeline_logits(engine, ctx, query, turn_tokens), query, first))

@@ -82,5 +82,10 @@ class Memory(ABC):
     def new_state(self, model: Any) -> MemoryState:
         """A fresh per-session state (``model`` is the LoadedModel, for memories that need it)."""
 
+    def raw_tail(self) -> int:
+        """Tokens at the end of the compressed turns that this memory keeps as raw text (CCM's ``raw_tail``; 0:
+        none). What measures the compressed context alone (``eval recall``) keeps its spans out of."""
+        return 0
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.options.model_dump()}

@@ -240,3 +240,28 @@ def test_recall_reads_past_a_strategy_raw_tail(tiny_model, monkeypatch):
     monkeypatch.setattr(type(e.strategy), "raw_tail", lambda self: instr + 10)
     (row,) = evaluate.recall(e, ids, [64], span=8, cue=4, samples=1)
     assert row["cue"] == 11 and instr + row["cue"] - 1 == e.strategy.raw_tail()
+
+
+def test_recall_draws_spans_before_a_memory_raw_tail(tiny_model, monkeypatch):
+    """A memory that keeps the end of the compressed turns raw (CCM's raw_tail) holds the context's last tokens as
+    text: recall draws its spans before them (and says so when they leave no room)."""
+    from longctx_llm import Engine
+    from longctx_llm.eval import evaluate
+
+    e = Engine(tiny_model("llama"))
+    ids = [3 + i % 200 for i in range(400)]
+    monkeypatch.setattr(evaluate, "uses_memory", lambda engine: True)
+    monkeypatch.setattr(type(e.memory), "raw_tail", lambda self: 50)
+    starts = []
+    real = evaluate.random.Random
+
+    class Spy(real):
+        def randint(self, a, b):
+            starts.append(b)
+            return super().randint(a, b)
+
+    monkeypatch.setattr(evaluate.random, "Random", Spy)
+    (row,) = evaluate.recall(e, ids, [64], span=8, cue=4, samples=2, turn_tokens=32)
+    assert starts == [64 - 4 - 8 - 50] * 2 and "error" not in row
+    (row,) = evaluate.recall(e, ids, [60], span=8, cue=4, samples=1, turn_tokens=32)
+    assert "raw tail of 50" in row["error"]

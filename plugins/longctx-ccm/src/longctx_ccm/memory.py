@@ -265,5 +265,8 @@ class CCMMemory(Memory):
                 "evicts the oldest entries itself"
             )
 
+    def raw_tail(self) -> int:
+        return self.options.raw_tail
+
     def new_state(self, model) -> CCMState:
         return CCMState(self.adapter_for(model), self.options, model)
