@@ -97,7 +97,11 @@ def test_prefill_skips_raw_windows_but_ends_the_same(tiny_model, tail):
     comp = random_compressor(loaded)
     ids = torch.randint(0, 1000, (1, 45 + tail))
     a, b = state(loaded, comp, raw_tail=tail), state(loaded, comp, raw_tail=tail)
-    last_a = a.forward(ids)  # windows 0, 1 never run raw through the decoder
+    batches, encode = [], comp.encode
+    comp.encode = lambda model, windows: batches.append(windows.shape[0]) or encode(model, windows)
+    last_a = a.forward(ids)  # windows 0, 1 never run raw through the decoder, and are encoded together
+    assert batches == [2]
+    del comp.encode
     last_b = b.forward(ids, all_logits=True)[:, -1:]
     torch.testing.assert_close(last_a, last_b, atol=1e-5, rtol=1e-5)
     assert a.windows == b.windows == 2

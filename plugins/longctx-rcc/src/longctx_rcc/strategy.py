@@ -124,7 +124,9 @@ class RCCState(StrategyState):
         self.text.extend(new)
         outs, last = [], None
         while pos < end:
-            need = self.windows_for(pos)
+            # the windows the next token reads compressed; without all logits, those the last new token does, so a
+            # long prompt's windows are encoded together (``encode_batch`` at a time) and never run raw
+            need = self.windows_for(pos if all_logits else end - 1)
             if need > self.windows:
                 self._compress(need)
             stop = min(end, (self.windows + 1) * W + self.tail)  # the next token that compresses a window
