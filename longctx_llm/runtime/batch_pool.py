@@ -72,6 +72,7 @@ class KVPool(RowPool):
         self.state: Optional[KVCacheState] = None
         self.lengths: list[int] = []  # entries each row holds (in owner order)
         self.slots: list[int] = []  # each owner's row of the state (in owner order, ascending)
+        self._masks: Optional[tuple] = None  # (capacity, slots), their rows and free-slot mask on the device
         self.buckets = buckets  # None: decided by the strategy's states (CUDA graphs on or not)
 
     def accepts(self, state) -> bool:
@@ -254,10 +255,20 @@ class KVPool(RowPool):
             return logits
         # a free slot stays at position 0: its dummy tokens must not climb past the context window (a RoPE that
         # rescales by the batch's largest position, such as transformers' "dynamic", would change every row)
-        used = set(self.slots)
-        free = torch.tensor([s not in used for s in range(self.capacity)], device=device)
+        rows, free = self._slot_masks()
         self.state.real_tokens = self.state.real_tokens.masked_fill(free, 0)
-        return logits.index_select(0, torch.tensor(self.slots, device=device))
+        return logits.index_select(0, rows)
+
+    def _slot_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The occupied rows and the free-slot mask on the device, made again only when the rows change (not at
+        every step)."""
+        key = (self.capacity, tuple(self.slots))
+        if self._masks is None or self._masks[0] != key:
+            device = self.loaded.device
+            rows = torch.tensor(self.slots, dtype=torch.long, device=device)
+            free = torch.ones(self.capacity, dtype=torch.bool, device=device).index_fill_(0, rows, False)
+            self._masks = (key, rows, free)
+        return self._masks[1], self._masks[2]
 
 
 @torch.inference_mode()
