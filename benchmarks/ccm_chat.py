@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             n_turns = len(turns) // 2
             if turn_tokens is None:
                 turn_tokens = len(render_ids(engines["text"], turns)) / n_turns
-            kept = 2 * n_turns + engines["ccm"].memory.options.raw_tail  # CCM's positions: slots and its raw tail
+            kept = 2 * n_turns + engines["ccm"].memory.raw_tail()  # CCM's positions: slots and its raw tail
             matched = max(0, min(n_turns, math.floor(kept / turn_tokens)))
             res["ccm"].append(score(engines["ccm"], turns, question, answer))
             res["none"].append(score(engines["text"], [], question, answer))

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_shape_args, load_shape, print_table  # noqa: E402
@@ -69,25 +70,17 @@ def one(client, model: str, i: int, tokens: int, out: list, text: str = "") -> N
                 raw.headers.get("x-replica")))
 
 
-class DirectClient:
-    """The engine without the server: each request streams ``engine.stream_chat`` in its own thread (``--direct``),
-    so a table with and without it tells the HTTP layer's share."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-
-def one_direct(client: DirectClient, i: int, tokens: int, out: list, text: str = "") -> None:
+def one_direct(engine, i: int, tokens: int, out: list, text: str = "") -> None:
+    """``--direct``: the same request through ``engine.stream_chat``, no server (a table with and without it tells the
+    HTTP layer's share)."""
     t0 = time.perf_counter()
-    first, n = None, 0
-    stream = client.engine.stream_chat([{"role": "user", "content": text or prompt(i)}],
-                                       session_id=f"bench-{i}-{time.monotonic_ns()}", max_new_tokens=tokens,
-                                       temperature=0.0)
+    first = None
+    stream = engine.stream_chat([{"role": "user", "content": text or prompt(i)}],
+                                session_id=f"bench-{i}-{time.monotonic_ns()}", max_new_tokens=tokens, temperature=0.0)
     for piece in stream:
         if first is None and piece:
             first = time.perf_counter() - t0
-    n = stream.completion.completion_tokens
-    out.append((time.perf_counter() - t0, first or 0.0, n, None))
+    out.append((time.perf_counter() - t0, first or 0.0, stream.completion.completion_tokens, None))
 
 
 def _pct(values: list, q: float) -> float:
@@ -95,16 +88,19 @@ def _pct(values: list, q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
-def load(client, model: str, clients: int, tokens: int, serial: bool = False, texts=None) -> dict:
+def load(client, model: Optional[str], clients: int, tokens: int, serial: bool = False, texts=None) -> dict:
     """``clients`` requests at once (or one after another), each its own session: wall time, tokens/s over all,
-    latency and time to first token (p50, p99)."""
+    latency and time to first token (p50, p99). ``model`` None: ``client`` is the engine itself (``--direct``)."""
     out: list = []
-    if isinstance(client, DirectClient):
-        threads = [threading.Thread(target=one_direct, args=(client, i, tokens, out, texts[i] if texts else ""))
-                   for i in range(clients)]
-    else:
-        threads = [threading.Thread(target=one, args=(client, model, i, tokens, out, texts[i] if texts else ""))
-                   for i in range(clients)]
+
+    def send(i: int) -> None:
+        text = texts[i] if texts else ""
+        if model is None:
+            one_direct(client, i, tokens, out, text)
+        else:
+            one(client, model, i, tokens, out, text)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -177,9 +173,10 @@ def main(argv=None) -> int:
             _ = engine.loaded
             with contextlib.ExitStack() as stack:
                 if args.direct:
-                    client = DirectClient(engine)
-                    one_direct(client, 0, args.tokens, [], texts[0])  # warm-up
+                    client, served = engine, None
+                    one_direct(engine, 0, args.tokens, [], texts[0])  # warm-up
                 else:
+                    served = name
                     live = stack.enter_context(LiveServer(create_app(engine, model_name=name)))
                     client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
                     one(client, name, 0, args.tokens, [], texts[0])  # warm-up
@@ -191,14 +188,14 @@ def main(argv=None) -> int:
                         yappi.set_clock_type("wall")
                         yappi.start()
                     row = {"strategy": strategy, "max_batch": mb, "clients": n, "direct": args.direct,
-                           **load(client, name, n, args.tokens, texts=texts)}
+                           **load(client, served, n, args.tokens, texts=texts)}
                     if n == args.profile:
                         yappi.stop()
                         _print_profile(yappi)
                     first = first or row["tok_s"]
                     row["vs_one_client"] = row["tok_s"] / first
                     if args.serial and n > 1:
-                        ser = load(client, name, n, args.tokens, serial=True, texts=texts)
+                        ser = load(client, served, n, args.tokens, serial=True, texts=texts)
                         row["serial_tok_s"], row["vs_serial"] = ser["tok_s"], row["tok_s"] / ser["tok_s"]
                     rows.append(row)
                     print("row:", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},

@@ -6,8 +6,9 @@ positions ``0 .. P-1``), ``n(i) = max(0, i - raw_tail) // W``, and the raw text 
 through the compressor's reader LoRA when it has one. So the last ``raw_tail`` tokens before any token are always
 raw text (``raw_tail: 0``: a token right after a window boundary reads slots alone). When a window has ``raw_tail``
 tokens after it, it is encoded and its raw entries give way to its slots (the raw tokens after it are read again
-after the new slots), so memory grows ``ratio`` times slower than the text. A long prompt's complete windows are encoded in batches (``encode_batch`` windows per encoder pass)
-and never run raw through the decoder unless their logits are asked for (scoring).
+after the new slots), so memory grows ``ratio`` times slower than the text. A long prompt's windows are encoded in
+batches (``encode_batch`` windows per encoder pass) and never run raw through the decoder unless their logits are
+asked for (scoring).
 
 A prompt shorter than one window never reaches the compressor: RCC then *is* plain attention.
 """
