@@ -31,6 +31,11 @@
 #                                     graphs against eager, DCA inside; speed and memory from 1k to 1M tokens beside
 #                                     the re-computing window (speed.py)
 #   bash benchmarks/gpu.sh fetch DIR  pack another folder of /root/train into $OUT
+#   bash benchmarks/gpu.sh mix-rescue [FIRST]  runs that will not finish inside the device time: stop them (their last
+#                                     step saved), then their checkpoints' weights without the optimizer's moments, in
+#                                     shards of 15 MB, four per call into $OUT from shard FIRST (a call returns at most
+#                                     ~64 MB): call with 0, 4, 8, ... until it says `last`. Rebuild and finish on CPU:
+#                                     benchmarks/train/rescue_checkpoint.py
 #   bash benchmarks/gpu.sh mix-start  (one GPU) CCM and RCC side by side on the broad mix (benchmarks/train/broad-mix.yaml),
 #                                     each from the adapter in /root/keep/init/{ccm,rcc} (MIX_INIT=0: from scratch) or
 #                                     its checkpoint in /root/train/mix-*, for $BUDGET seconds, in the background (setsid:
@@ -224,6 +229,19 @@ case "${1:-}" in
       (cd $W && tar -cf "$OUT/mix-logs.tar" mix-*.log mix-*/adapter.json 2>/dev/null)
       ls -la "$OUT"
     fi
+    ;;
+  mix-rescue)
+    if pgrep -f "longctx_llm[.]cli .*train (ccm|rcc)" >/dev/null; then
+      pkill -INT -f "longctx_llm[.]cli .*train (ccm|rcc)"  # Ctrl-C: each run saves its last completed step
+      for _ in $(seq 60); do pgrep -f "longctx_llm[.]cli .*train (ccm|rcc)" >/dev/null || break; sleep 1; done
+    fi
+    R=/root/rescue
+    if [ ! -d $R ]; then
+      mkdir -p $R && python3 benchmarks/train/rescue_checkpoint.py split $W/mix-ccm $W/mix-rcc --to $R
+    fi
+    first=${2:-0}; mapfile -t shards < <(cd $R && ls | sort)
+    for f in "${shards[@]:$first:4}"; do cp "$R/$f" "$OUT/"; done
+    [ $((first + 4)) -ge ${#shards[@]} ] && echo "last (${#shards[@]} files)" || echo "more: call again with $((first + 4))"
     ;;
   dca)  # LENGTHS / PASSKEY_LENGTHS ('' skips a suite), TRIALS: keys per length and depth, KERNEL=0: no kernel timing
     P=$(pipes ${DCA_PIPES:-full-128k dca dca-temp dca-3072})
