@@ -233,11 +233,11 @@ class Scheduler:
                     req.logits, req.t1 = logits, time.perf_counter()
         # 2. sample, emit, decide who goes on
         feeding = []
-        for req in running:
-            if req.logits is None or req.released.is_set():
-                continue
-            tok = int(sample(req.logits[None], req.params, req.generator)[0])
+        ready = [r for r in running if r.logits is not None and not r.released.is_set()]
+        for req, tok in zip(ready, _next_tokens(ready)):
             req.logits = None
+            if req.released.is_set():  # failed with another row's pool since
+                continue
             req.sampled += 1
             text = req.row.push(tok)
             if text:
@@ -344,3 +344,20 @@ class Scheduler:
                 self._fail(r, exc)
         req.out.put(exc)
         self._release(req)
+
+
+def _next_tokens(reqs: list[Request]) -> list[int]:
+    """Each request's next token from its logits. The greedy rows' argmax runs as one batched call, read back
+    once per step (per row it was a device sync each); sampled rows draw one by one from their own generators, so
+    a seeded reply never depends on who else is running."""
+    tokens: list[Optional[int]] = [None] * len(reqs)
+    greedy = [i for i, r in enumerate(reqs) if r.params.temperature == 0.0]
+    if len(greedy) > 1:
+        best = torch.stack([reqs[i].logits.float() for i in greedy]).argmax(dim=-1).tolist()  # (exact in float32)
+        for i, tok in zip(greedy, best):
+            tokens[i] = tok
+    for i, req in enumerate(reqs):
+        if tokens[i] is None:
+            tokens[i] = int(sample(req.logits[None], req.params, req.generator)[0])
+    return tokens
+

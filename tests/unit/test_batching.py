@@ -39,6 +39,45 @@ def test_concurrent_sessions_equal_their_serial_runs(peaked, chat_runs, name):
     assert engine.scheduler.steps < alone
 
 
+def test_greedy_and_seeded_sampled_rows_in_one_batch_equal_their_serial_runs(peaked, monkeypatch):
+    """Greedy rows take their tokens from one batched argmax; sampled rows draw from their own seeded generators:
+    each reply is its request's reply alone, whoever shares its steps."""
+    from longctx_llm.runtime import batching
+
+    mixed = []  # steps whose rows were greedy and sampled at once
+    real = batching._next_tokens
+
+    def spy(reqs):
+        kinds = {r.params.temperature == 0.0 for r in reqs}
+        if len(kinds) == 2 and sum(r.params.temperature == 0.0 for r in reqs) > 1:
+            mixed.append(len(reqs))
+        return real(reqs)
+
+    monkeypatch.setattr(batching, "_next_tokens", spy)
+    def ask(engine, i):
+        sampled = i % 2 == 1
+        return engine.complete(PROMPTS[i], max_new_tokens=10, temperature=0.9 if sampled else 0.0,
+                               top_k=20 if sampled else 0, seed=100 + i if sampled else None).token_ids
+
+    alone = Engine(peaked, batching={"max_batch": 1})
+    serial = [ask(alone, i) for i in range(len(PROMPTS))]
+    engine = Engine(peaked, batching={"max_batch": 6})
+    out = [None] * len(PROMPTS)
+    barrier = threading.Barrier(len(PROMPTS))
+
+    def run(i):
+        barrier.wait()
+        out[i] = ask(engine, i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == serial
+    assert mixed  # some steps sampled several greedy rows together beside sampled ones
+
+
 def test_a_reader_that_stops_early_frees_its_row_and_the_session_goes_on(peaked):
     engine = Engine(peaked, batching={"max_batch": 4})
     serial = Engine(peaked, batching={"max_batch": 1})
