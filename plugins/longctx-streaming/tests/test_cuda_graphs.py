@@ -60,6 +60,30 @@ def test_emulated_replay_equals_eager(tiny_model, emulated, arch):
     torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_decode_into_a_filling_cache_replays_and_equals_eager(tiny_model, emulated, arch):
+    """A chat shorter than the window decodes through a graph too: each step attends the whole buffer, the slots
+    not yet filled masked, and equals the eager step over the filled slots, on into the first evictions."""
+    model = tiny_model(arch, max_positions=256)
+    ids = torch.randint(0, 49152, (1, 10), generator=torch.Generator().manual_seed(8))  # sinks 4 + window 24 = 28
+    eager, _ = _stream(model, ids, graphs=False, piece=8, decode=30)
+    graphed, state = _stream(model, ids, graphs=True, piece=8, decode=30)
+    assert ("fill", False) in state._graphs._graphs  # the decode steps before the first eviction replayed
+    assert ("ring", 1, False) in state._graphs._graphs and state.cache.evicted > 0  # and the full-cache ones after
+    torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_filling_step_masks_what_the_cache_does_not_hold(tiny_model, emulated):
+    model = tiny_model("llama", max_positions=256)
+    state = StreamingStrategy(sink_tokens=4, window=24, prefill_chunk_size=8).new_state(model)
+    state.forward(torch.randint(3, 200, (1, 2)))  # inside the sinks: eager, no mask
+    assert state.cache._plan.valid is None
+    state.forward(torch.randint(3, 200, (1, 6)))  # a piece: eager
+    state.cache.plan(1)
+    assert state.graph_key(1, all_logits=False) == ("fill", False)
+    assert state.cache._plan.valid[0, 0, 0].tolist() == [True] * 9 + [False] * 19  # 8 held + the new one
+
+
 def test_graph_key_only_for_full_cache_fixed_shapes(tiny_model, emulated):
     model = tiny_model("llama", max_positions=256)
     state = StreamingStrategy(sink_tokens=4, window=24, prefill_chunk_size=8).new_state(model)
@@ -94,6 +118,16 @@ def test_real_cuda_graphs_equal_eager(tiny_model, arch):
     eager, _ = _stream(model, ids, graphs=False, piece=16, decode=20)
     graphed, state = _stream(model, ids, graphs=True, piece=16, decode=20)
     assert state._graphs.enabled and state._graphs.captured == 2
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_graphs_of_a_filling_cache_equal_eager(tiny_model):
+    model = tiny_model("llama", max_positions=256, device="cuda")
+    ids = torch.randint(0, 49152, (1, 10), generator=torch.Generator().manual_seed(9)).cuda()
+    eager, _ = _stream(model, ids, graphs=False, piece=8, decode=30)
+    graphed, state = _stream(model, ids, graphs=True, piece=8, decode=30)
+    assert ("fill", False) in state._graphs._graphs
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
 
 

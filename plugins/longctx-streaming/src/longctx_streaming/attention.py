@@ -1,8 +1,10 @@
-"""Causal attention over a ring cache whose newest tokens were written over evicted slots (not at the end).
+"""Attention over a ring cache where the plain causal path does not apply.
 
-Only used while a multi-token piece streams into a full cache; a single query sees every key, and before the first
-eviction keys are in text order, so both of those take the core's plain path. The mask is (T, S + W): bounded by the
-cache, never by the text.
+- ``ring_attention``: a multi-token piece streaming into a full cache, its newest tokens written over evicted slots
+  (not at the end). A single query into a full cache sees every key, and before the first eviction keys are in text
+  order, so both of those take the core's plain path. The mask is (T, S + W): bounded by the cache, never by the text.
+- ``valid_attention``: one query per row over the slots that row holds (a mask over the whole buffer): a session's
+  one-token step into a filling cache on the graph path, and the rows of a pool, each with its own fill.
 """
 
 from __future__ import annotations
@@ -31,3 +33,13 @@ def ring_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kw
         query, key, value, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
     )  # (B, H, T, D); grouped-query heads read their kv head without copying K/V
     return out.transpose(1, 2).contiguous()  # (B, T, H, D)
+
+
+def valid_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
+    """One query per row over the slots ``ctx.extra["streaming_valid"]`` (B or 1, 1, 1, K) marks; query (B, H, 1, D),
+    key/value (B, Hkv, K, D) -> (B, 1, H, D)."""
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # (B, H, 1, D)
+    return out.transpose(1, 2).contiguous()  # (B, 1, H, D)

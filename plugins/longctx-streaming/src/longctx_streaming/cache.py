@@ -66,6 +66,9 @@ class Plan:
     ordered: bool  # the new tokens are the last T of the returned keys, in order (plain causal attention works)
     slots: torch.Tensor  # (T,) cache-local position of each new token
     fills_sinks: bool  # some new tokens land in the sink slots
+    #: (1, 1, 1, S + W) which slots the new token sees, for a one-token step into a filling cache that attends the
+    #: whole buffer (``fixed_fill``); None: the returned keys are exactly the ones to attend
+    valid: Optional[torch.Tensor] = None
 
 
 class SinkWindowCache(SinkBuffers):
@@ -87,6 +90,11 @@ class SinkWindowCache(SinkBuffers):
         # and their rotate-half in float32, computed once; per forward one (2, D) cos/sin row for ``base``
         self._sink_pairs: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * num_layers
         self._sink_cs: Optional[torch.Tensor] = None  # (2, D): cos, sin of base·inv_freq (1, 0 past the rotary dims)
+        #: one-token steps into a cache that is not full yet attend the whole buffer, the unfilled slots masked, so
+        #: that they too are one GPU program (a replayed graph) instead of a key length that grows every step
+        self.fixed_fill = False
+        self._slot_index = torch.arange(self.capacity, device=self.device)  # (S + W,)
+        self._valid = torch.zeros(1, 1, 1, self.capacity, dtype=torch.bool, device=self.device)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     def plan(self, new_tokens: int) -> Plan:
@@ -98,7 +106,13 @@ class SinkWindowCache(SinkBuffers):
             self._rebase()
         n = self.filled
         dev = self.device
-        if n + T <= self.capacity:  # nothing evicted yet: physical order is text order
+        if T == 1 and self.fixed_fill and S <= n < self.capacity and not self.base:
+            write = self._fixed_write(1)
+            write.fill_(n)
+            torch.le(self._slot_index, n, out=self._valid[0, 0, 0])  # slots 0..n: the held tokens and the new one
+            plan = Plan(write, self.capacity, False, write, False, valid=self._valid)
+            self.filled = n + 1
+        elif n + T <= self.capacity:  # nothing evicted yet: physical order is text order
             write = torch.arange(n, n + T, device=dev)
             plan = Plan(write, n + T, True, write, n < S)
             self.filled = n + T
@@ -106,9 +120,7 @@ class SinkWindowCache(SinkBuffers):
             evict = n + T - self.capacity
             count = n - S  # window tokens held
             free = (self.head + count) % W  # ring index after the newest token
-            write = self._write.get(T)
-            if write is None:
-                write = self._write[T] = torch.empty(T, dtype=torch.long, device=dev)
+            write = self._fixed_write(T)
             torch.add(self._ring_index[:T], free, out=write).remainder_(W).add_(S)  # S + (free + i) mod W
             keep = self.capacity - T
             slots = torch.arange(keep, keep + T, device=dev)
@@ -121,6 +133,13 @@ class SinkWindowCache(SinkBuffers):
             plan = Plan(write, self.capacity, False, slots, False)
         self._plan = plan
         return plan
+
+    def _fixed_write(self, T: int) -> torch.Tensor:
+        """The (T,) buffer of a piece length's physical slots, at one address for the cache's life (graphs read it)."""
+        write = self._write.get(T)
+        if write is None:
+            write = self._write[T] = torch.empty(T, dtype=torch.long, device=self.device)
+        return write
 
     def slot_order(self) -> torch.Tensor:
         """(filled,) physical index of each cache slot in cache-local (text) order: sinks, then oldest to newest."""

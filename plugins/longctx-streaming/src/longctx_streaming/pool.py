@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from longctx_llm import RowPool
 from longctx_llm.model import hf_adapter
 
+from .attention import valid_attention
 from .buffers import SinkBuffers
 from .cache import SinkWindowCache, base_angles, sink_pair
 
@@ -195,15 +196,6 @@ def _copy_into(cache: SinkWindowCache, keys: list, values: list, sinks: list) ->
     return False
 
 
-def rows_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
-    """One query per row over that row's filled slots; query (B, H, 1, D), key/value (B, Hkv, L, D)."""
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )  # (B, H, 1, D)
-    return out.transpose(1, 2).contiguous()  # (B, 1, H, D)
-
-
 class RingPool(RowPool):
     """StreamingLLM sessions (the ring layout) decoding together, each on its own ring."""
 
@@ -239,7 +231,7 @@ class RingPool(RowPool):
         slot, rope = rings.plan()
         ids = torch.tensor(tokens, dtype=torch.long, device=self.loaded.device)[:, None]
         ctx = hf_adapter.AttentionContext(
-            q_positions=slot, attention=rows_attention, extra={"streaming_valid": rings._step["valid"]}
+            q_positions=slot, attention=valid_attention, extra={"streaming_valid": rings._step["valid"]}
         )
         with getattr(self.loaded, "lock", None) or contextlib.nullcontext():  # one forward at a time per model
             logits = hf_adapter.forward(self.loaded.model, ids, position_ids=rope, cache=rings, ctx=ctx)

@@ -24,7 +24,7 @@ from longctx_llm.errors import ConfigError, InputError, LongctxError, SessionErr
 from longctx_llm.model import hf_adapter
 from longctx_llm.runtime import restore
 
-from .attention import ring_attention
+from .attention import ring_attention, valid_attention
 from .cache import SinkWindowCache
 from .options import StreamingOptions
 from .pool import RingPool
@@ -127,7 +127,9 @@ class StreamingState(_SinkWindowState):
 
     def make_cache(self) -> SinkWindowCache:
         o = self.options
-        return SinkWindowCache(self.model.info.num_layers, o.sink_tokens, o.window, self._rotary(), self.model.device)
+        cache = SinkWindowCache(self.model.info.num_layers, o.sink_tokens, o.window, self._rotary(), self.model.device)
+        cache.fixed_fill = self.cuda_graphs  # decode steps before the first eviction replay a graph too
+        return cache
 
     def _plan(self, new_tokens: int) -> torch.Tensor:
         return self.cache.plan(new_tokens).slots
@@ -137,23 +139,34 @@ class StreamingState(_SinkWindowState):
 
     def attention(self) -> Optional[hf_adapter.AttentionFn]:
         plan = self.cache._plan
+        if plan is not None and plan.valid is not None:
+            return valid_attention  # one query into a filling cache, over the whole buffer (unfilled slots masked)
         if plan is None or plan.ordered or plan.write.numel() == 1:
             return None  # plain causal attention over keys in text order (or one query that sees everything)
         return ring_attention
 
     def attention_extra(self) -> dict[str, Any]:
         plan = self.cache._plan
-        return {"streaming_write": plan.write} if plan is not None else {}
+        if plan is None:
+            return {}
+        if plan.valid is not None:
+            return {"streaming_write": plan.write, "streaming_valid": plan.valid}
+        return {"streaming_write": plan.write}
 
     def graph_key(self, new_tokens: int, all_logits: bool) -> Optional[tuple]:
-        """Full-cache forwards of one-token decode or whole prefill pieces replay from CUDA graphs.
+        """Full-cache forwards of one-token decode or whole prefill pieces, and one-token decode into a filling
+        cache, replay from CUDA graphs.
 
         Once the cache is full every forward is the same GPU program: it writes its keys at the slots in the
         cache's fixed ``write`` buffer, re-rotates the sinks by the fixed ``base`` tensor, and attends over the
-        whole buffer (ring mask for pieces, everything for one token). Other piece lengths (a turn's remainder)
-        run eagerly, so a session captures at most four graphs.
+        whole buffer (ring mask for pieces, everything for one token). Before that, a one-token step writes at the
+        slot in the same fixed buffer and attends over the whole buffer through the fixed mask of held slots (no
+        sink rotation: nothing was evicted). Other forwards (prefill pieces while filling, a turn's remainder) run
+        eagerly; the runner keeps at most four graphs per session (a chat needs three: pieces, decode, filling decode).
         """
         plan, cache = self.cache._plan, self.cache
+        if plan is not None and plan.valid is not None:
+            return ("fill", all_logits) if new_tokens == 1 else None
         if plan is None or plan.ordered or plan.fills_sinks or plan.length != cache.capacity or not cache.base:
             return None
         if new_tokens != 1 and new_tokens != self.prefill_chunk_size:
