@@ -10,32 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longctx_llm.kernels import cuda_graphs
-from longctx_llm.runtime import KVCacheState, fast_decode
+from longctx_llm.runtime import KVCacheState
 from longctx_streaming import StreamingStrategy
-
-
-class _EmulatedGraph:
-    def __init__(self, forward, static):
-        self.forward, self.static = forward, static
-        self.out = forward(static)  # "capture": a real capture would record these kernels
-
-    def replay(self):
-        self.out.copy_(self.forward(self.static))
-
-
-class _EmulatedRunner(cuda_graphs.GraphRunner):
-    def _capture(self, key, inputs, forward):
-        static = {name: t.clone() for name, t in inputs.items()}
-        graph = _EmulatedGraph(forward, static)
-        self._graphs[key] = (graph, static, graph.out)
-        return self._graphs[key]
-
-
-@pytest.fixture
-def emulated(monkeypatch):
-    monkeypatch.setattr(fast_decode, "cuda_available", lambda device: True)
-    monkeypatch.setattr(fast_decode, "GraphRunner", _EmulatedRunner)
 
 
 def _stream(model, ids, graphs: bool, piece: int, decode: int):

@@ -7,6 +7,11 @@ over its oldest window token once full), rotates its query at its own ``base + s
 own ``base``, and attends over its own filled slots. Every row does what its session's cache does for a one-token
 forward (same slots, same rotations, the same rebase schedule), so a row's reply is its serial reply; when it
 leaves, its buffers and counters go back to its session's cache as they are.
+
+Where decode steps replay CUDA graphs (:class:`FixedRowRings`), the buffers hold a power of two of rows, a row joins
+into a free one and leaves a free one behind, and everything a step reads besides the buffers (each row's slot,
+sink and rotation flags, held slots, sink angles) is refilled in place in tensors of fixed addresses: every step of
+a bucket is then the same GPU program, captured once. Free rows feed a dummy token that attends only to itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 
 from longctx_llm import RowPool
 from longctx_llm.model import hf_adapter
+from longctx_llm.runtime import fast_decode
 
 from .attention import valid_attention
 from .buffers import SinkBuffers
@@ -42,6 +48,10 @@ class RowRings(SinkBuffers):
     @property
     def rows(self) -> int:
         return len(self.filled_rows)
+
+    def _phys(self, r: int) -> int:
+        """Row ``r``'s row in the buffers (here the same: the rows are packed)."""
+        return r
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.filled_rows, default=0)
@@ -80,24 +90,29 @@ class RowRings(SinkBuffers):
         in_place = True
         if into is not None:
             # every copy first, then the session's cache changes at once (a failed copy leaves it as it was)
-            keys = [k[r : r + 1].clone() for k in self.keys]
-            values = [v[r : r + 1].clone() for v in self.values]
-            sinks = [sk[r : r + 1].clone() if self.sink else None for sk in self.sink_keys]
+            p = self._phys(r)
+            keys = [k[p : p + 1].clone() for k in self.keys]
+            values = [v[p : p + 1].clone() for v in self.values]
+            sinks = [sk[p : p + 1].clone() if self.sink else None for sk in self.sink_keys]
             in_place = _copy_into(into, keys, values, sinks)
             into.filled, into.head, into.base = self.filled_rows[r], self.heads[r], self.bases[r]
             into.evicted = self.evicted_rows[r]
             into._base_t.fill_(into.base)
             into._update_sink_angles()
             into._plan = None
+        self._drop(r)
+        for counters in (self.filled_rows, self.heads, self.bases, self.evicted_rows):
+            del counters[r]
+        return in_place
+
+    def _drop(self, r: int) -> None:
+        """Take row ``r`` out of the buffers."""
         keep = [i for i in range(self.rows) if i != r]
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         for i in range(self.num_layers):
             self.keys[i] = self.keys[i].index_select(0, index)
             self.values[i] = self.values[i].index_select(0, index)
             self.sink_keys[i] = self.sink_keys[i].index_select(0, index)
-        for counters in (self.filled_rows, self.heads, self.bases, self.evicted_rows):
-            del counters[r]
-        return in_place
 
     # ---- one step ------------------------------------------------------------------------------------------
     def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +159,10 @@ class RowRings(SinkBuffers):
         """Row ``r``'s ring rotated back by its base (what its session's cache does every ``rebase_every``)."""
         S = self.sink
         delta = torch.tensor(-self.bases[r], dtype=torch.long, device=self.device)
+        p = self._phys(r)
         for i in range(self.num_layers):
             k = self.keys[i]
-            k[r : r + 1, :, S:] = self._rotate(k[r : r + 1, :, S:], delta)
+            k[p : p + 1, :, S:] = self._rotate(k[p : p + 1, :, S:], delta)
         self.bases[r] = 0
 
     # ---- the Cache protocol the models call -------------------------------------------------------------------
@@ -168,6 +184,125 @@ class RowRings(SinkBuffers):
                 k[:, :, :S] = torch.where(step["rotate"], turned, k[:, :, :S])
         L = step["length"]
         return (k, v) if L == self.capacity else (k[:, :, :L], v[:, :, :L])
+
+
+def _bucket(rows: int) -> int:
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+class FixedRowRings(RowRings):
+    """The rows' rings as a CUDA graph can replay them: a power of two of rows in the buffers (free rows between
+    the running ones), whole buffers attended with per-row masks, and a step's inputs refilled in place.
+
+    ``generation`` counts the times the buffers were replaced (a bucket outgrown, or emptied to a quarter): the
+    pool's captured graphs read the old ones and go with them.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.size = 0  # rows the buffers hold, free ones included
+        self.slot_of: list[int] = []  # each row's row in the buffers (row order)
+        self.generation = 0
+
+    def _phys(self, r: int) -> int:
+        return self.slot_of[r]
+
+    def _allocate(self, size: int, like: SinkWindowCache) -> None:
+        """Buffers of ``size`` rows shaped as ``like``'s (a joining cache, or these rings), the running rows copied
+        into rows 0.. (packed), and the step tensors."""
+        S, C, dev = self.sink, self.capacity, self.device
+        old = self.slot_of
+        index = torch.tensor(old, dtype=torch.long, device=dev)
+        for i in range(self.num_layers):
+            k0, v0 = like.keys[i], like.values[i]
+            k = k0.new_zeros(size, *k0.shape[1:])
+            v = v0.new_zeros(size, *v0.shape[1:])
+            sk = k0.new_zeros(size, k0.shape[1], S, k0.shape[-1])
+            if old:
+                k[: len(old)] = self.keys[i].index_select(0, index)
+                v[: len(old)] = self.values[i].index_select(0, index)
+                sk[: len(old)] = self.sink_keys[i].index_select(0, index)
+            self.keys[i], self.values[i], self.sink_keys[i] = k, v, sk
+        self.slot_of = list(range(len(old)))
+        self.size = size
+        D = like.keys[0].shape[-1]
+        self._rows = torch.arange(size, device=dev)
+        self._slot_index = torch.arange(C, device=dev)
+        self._write = torch.zeros(size, dtype=torch.long, device=dev)
+        self._flags = torch.zeros(2, size, 1, 1, 1, dtype=torch.bool, device=dev)  # fills, rotate
+        self._filled = torch.ones(size, dtype=torch.long, device=dev)
+        self._valid = torch.zeros(size, 1, 1, C, dtype=torch.bool, device=dev)
+        self._cs = torch.zeros(2, size, 1, 1, D, dtype=torch.float32, device=dev)
+        self.generation += 1
+
+    def _gather(self) -> None:
+        if not self._joining:
+            return
+        rows = len(self.slot_of) + len(self._joining)
+        if rows > self.size:
+            self._allocate(_bucket(rows), self._joining[0])
+        S = self.sink
+        for c in self._joining:
+            p = next(x for x in range(self.size) if x not in self.slot_of)
+            for i in range(self.num_layers):
+                self.keys[i][p] = c.keys[i][0]
+                self.values[i][p] = c.values[i][0]
+                if S:
+                    self.sink_keys[i][p] = (c.sink_keys[i] if c.sink_keys[i] is not None else c.keys[i][:, :, :S])[0]
+            self.slot_of.append(p)
+        self._joining = []
+
+    def _drop(self, r: int) -> None:
+        del self.slot_of[r]  # its row in the buffers is free: nothing reads it until a row joins into it
+        if self.size > 1 and 4 * len(self.slot_of) <= self.size and self.slot_of:
+            self._allocate(_bucket(len(self.slot_of)), self)  # a quarter full: a smaller bucket
+
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._gather()
+        S, W, C = self.sink, self.window, self.capacity
+        n = self.size
+        write, fills, rotate, filled, base = [0] * n, [False] * n, [False] * n, [1] * n, [0] * n  # free rows
+        slots = [0] * n
+        for r in range(self.rows):
+            if self.bases[r] >= self.rebase_every:
+                self._rebase(r)
+            p, f = self.slot_of[r], self.filled_rows[r]
+            if f < C:
+                write[p] = slots[p] = f
+                fills[p] = f < S
+                self.filled_rows[r] = f + 1
+            else:
+                write[p], slots[p] = S + self.heads[r], C - 1
+                self.heads[r] = (self.heads[r] + 1) % W
+                self.bases[r] += 1
+                self.evicted_rows[r] += 1
+            rotate[p] = bool(S) and self.bases[r] > 0 and not fills[p]
+            filled[p], base[p] = self.filled_rows[r], self.bases[r]
+        dev = self.device
+        self._write.copy_(torch.tensor(write, dtype=torch.long))
+        self._flags.copy_(torch.tensor([fills, rotate], dtype=torch.bool)[:, :, None, None, None])
+        self._filled.copy_(torch.tensor(filled, dtype=torch.long))
+        torch.lt(self._slot_index[None, :], self._filled[:, None], out=self._valid.view(n, C))
+        base_t = torch.tensor(base, dtype=torch.long, device=dev)
+        if S:
+            self._cs.copy_(base_angles(self.rotary, base_t, self._cs.shape[-1])[:, :, None, None, :])
+        slot = torch.tensor(slots, dtype=torch.long, device=dev)[:, None]
+        return slot, slot + base_t[:, None]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write each row's new key/value (rows, H, 1, D) at its slot; return the whole buffers (masked per row).
+        Every tensor read here has a fixed address, and no Python decision depends on the step."""
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k[self._rows, :, self._write] = key_states[:, :, 0]
+        v[self._rows, :, self._write] = value_states[:, :, 0]
+        S = self.sink
+        if S:
+            sk = self.sink_keys[layer_idx]
+            sk.copy_(torch.where(self._flags[0], k[:, :, :S], sk))
+            first, half = sink_pair(self.rotary, sk)
+            turned = torch.addcmul(first * self._cs[0], half, self._cs[1]).to(k.dtype)  # RoPE by each row's base
+            k[:, :, :S] = torch.where(self._flags[1], turned, k[:, :, :S])
+        return k, v
 
 
 def _copy_into(cache: SinkWindowCache, keys: list, values: list, sinks: list) -> bool:
@@ -204,6 +339,9 @@ class RingPool(RowPool):
         self.strategy, self.loaded = strategy, loaded
         self.state_type = state_type  # the ring layout's state class (a subclass carries other seams: not taken)
         self.rings: Optional[RowRings] = None
+        #: decode steps replay CUDA graphs (one per bucket of rows), as a session's own steps do
+        self.graphs = bool(strategy.options.cuda_graphs) and fast_decode.cuda_graphs_available(loaded)
+        self._runner, self._generation = None, 0
 
     def accepts(self, state) -> bool:
         own = ("logical_positions", "rope_positions", "attention", "attention_extra", "forward", "make_cache")
@@ -220,7 +358,8 @@ class RingPool(RowPool):
     def join(self, owner: Any, state) -> None:
         if self.rings is None:
             c = state.cache
-            self.rings = RowRings(c.num_layers, c.sink, c.window, c.rotary, c.device, c.rebase_every)
+            kind = FixedRowRings if self.graphs else RowRings
+            self.rings = kind(c.num_layers, c.sink, c.window, c.rotary, c.device, c.rebase_every)
         with torch.inference_mode():
             self.rings.add(state.cache)
         self.owners.append(owner)
@@ -229,6 +368,8 @@ class RingPool(RowPool):
     def step(self, tokens: list[int]) -> torch.Tensor:
         rings = self.rings
         slot, rope = rings.plan()
+        if isinstance(rings, FixedRowRings):
+            return self._fixed_step(rings, tokens, slot, rope)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.loaded.device)[:, None]
         ctx = hf_adapter.AttentionContext(
             q_positions=slot, attention=valid_attention, extra={"streaming_valid": rings._step["valid"]}
@@ -236,6 +377,28 @@ class RingPool(RowPool):
         with getattr(self.loaded, "lock", None) or contextlib.nullcontext():  # one forward at a time per model
             logits = hf_adapter.forward(self.loaded.model, ids, position_ids=rope, cache=rings, ctx=ctx)
         return logits[:, -1, :]
+
+    def _fixed_step(self, rings: "FixedRowRings", tokens: list[int], slot, rope) -> torch.Tensor:
+        """One step of every row (free rows feed token 0) through the bucket's graph; the rows' logits, row order."""
+        fed = [0] * rings.size
+        for p, tok in zip(rings.slot_of, tokens):
+            fed[p] = tok
+        ids = torch.tensor(fed, dtype=torch.long, device=self.loaded.device)[:, None]
+        runner = self._runner
+        if runner is None or runner.owner is not rings or self._generation != rings.generation:
+            runner = self._runner = fast_decode.GraphRunner(rings)
+            self._generation = rings.generation
+        model, extra = self.loaded.model, {"streaming_valid": rings._valid}
+
+        def forward(st: dict[str, torch.Tensor]) -> torch.Tensor:
+            ctx = hf_adapter.AttentionContext(q_positions=st["q_positions"], attention=valid_attention, extra=dict(extra))
+            return hf_adapter.forward(model, st["input_ids"], position_ids=st["position_ids"], cache=rings, ctx=ctx)
+
+        with getattr(self.loaded, "lock", None) or contextlib.nullcontext():  # one forward at a time per model
+            logits = runner.run(("rows", rings.size), {"input_ids": ids, "position_ids": rope, "q_positions": slot},
+                                forward)
+        index = torch.tensor(rings.slot_of, dtype=torch.long, device=logits.device)
+        return logits[:, -1, :].index_select(0, index)
 
     @torch.inference_mode()
     def leave(self, owner: Any, state, gained: int, keep: bool) -> None:
@@ -248,4 +411,4 @@ class RingPool(RowPool):
             if not in_place:
                 state._graphs = None  # its graphs read the tensors the cache no longer holds
         if not self.owners:
-            self.rings = None
+            self.rings, self._runner = None, None
