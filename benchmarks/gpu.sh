@@ -170,6 +170,8 @@ case "${1:-}" in
     }
     sv --strategy full,dca,streaming --max-batch 1 --clients 1
     sv --strategy full,dca,streaming --max-batch 64 --clients 1,16,64
+    sv --strategy full --max-batch 64 --clients 16 --client-procs 0  # the clients in the server's process (as 2026-12-07)
+    sv --strategy full --max-batch 16 --clients 1,16 --direct         # the engine alone, no HTTP
     sv --shape llama-8b --layers 32 --vocab 49152 --prompt-tokens 4096 --strategy full,dca,streaming --max-batch 16 \
       --clients 1,16
     ;;

@@ -13,6 +13,11 @@ another (``serial_tok_s``, ``vs_serial``). ``--max-batch 1,16`` runs the whole t
 (1: every request on its own, the server before continuous batching; 16: the default). ``--strategy full,dca``
 runs it once per strategy on the same loaded model.
 
+The clients run in ``--client-procs`` processes of their own (default 2), threads in each, as a server's clients
+would: the ``openai`` client parses every streamed chunk in Python, and in the server's process those threads would
+contend with the scheduler for the interpreter lock at every token of every row (``--client-procs 0``: in the server's
+process, as the tables of 2026-12-07 ran).
+
 ``--shape llama-8b``: a random-weight Llama-3-8B-shaped model (``--layers`` of its 32; SmolLM2's tokenizer, so
 ``--vocab 49152`` keeps every sampled id decodable); its end-of-text logits are pinned to 0 (random logits would
 end a reply at any step), so every reply runs its ``--tokens``. ``--prompt-tokens N`` pads each client's prompt to
@@ -90,25 +95,29 @@ def _pct(values: list, q: float) -> float:
 
 def load(client, model: Optional[str], clients: int, tokens: int, serial: bool = False, texts=None) -> dict:
     """``clients`` requests at once (or one after another), each its own session: wall time, tokens/s over all,
-    latency and time to first token (p50, p99). ``model`` None: ``client`` is the engine itself (``--direct``)."""
-    out: list = []
+    latency and time to first token (p50, p99). ``model`` None: ``client`` is the engine itself (``--direct``);
+    ``client`` a :class:`ClientProcesses`: the requests are sent from its processes."""
+    if isinstance(client, ClientProcesses):
+        out, wall = client.load(model, clients, tokens, serial, texts)
+    else:
+        out = []
 
-    def send(i: int) -> None:
-        text = texts[i] if texts else ""
-        if model is None:
-            one_direct(client, i, tokens, out, text)
-        else:
-            one(client, model, i, tokens, out, text)
+        def send(i: int) -> None:
+            text = texts[i] if texts else ""
+            if model is None:
+                one_direct(client, i, tokens, out, text)
+            else:
+                one(client, model, i, tokens, out, text)
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-        if serial:
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+            if serial:
+                t.join()
+        for t in threads:
             t.join()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
     if len(out) != clients:
         raise SystemExit(f"{clients - len(out)} of {clients} requests failed")
     toks = sum(k for _, _, k, _ in out)
@@ -116,6 +125,65 @@ def load(client, model: Optional[str], clients: int, tokens: int, serial: bool =
     return {"wall_s": wall, "tokens": toks, "tok_s": toks / wall, "latency_p50_s": _pct(lat, 0.5),
             "latency_p99_s": _pct(lat, 0.99), "ttft_p50_s": _pct(ttft, 0.5), "ttft_p99_s": _pct(ttft, 0.99),
             "replicas_used": len({r for _, _, _, r in out})}
+
+
+_CLIENT = None
+
+
+def _client_init(base_url: str) -> None:
+    """A client process: one ``openai`` client, made once."""
+    global _CLIENT
+    from openai import OpenAI
+
+    _CLIENT = OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=3600)
+
+
+def _client_share(model: str, indices: list, tokens: int, texts, start_at: float, serial: bool) -> tuple:
+    """In a client process: requests ``indices`` from ``start_at`` (wall clock), at once or one after another;
+    their (latency, first token, tokens, replica) and the wall-clock end."""
+    out: list = []
+    threads = [threading.Thread(target=one, args=(_CLIENT, model, i, tokens, out, texts[i] if texts else ""))
+               for i in indices]
+    while time.time() < start_at:
+        time.sleep(0.0005)
+    for t in threads:
+        t.start()
+        if serial:
+            t.join()
+    for t in threads:
+        t.join()
+    return out, time.time()
+
+
+class ClientProcesses:
+    """``--client-procs N``: the clients' threads spread over N processes, started together at one wall-clock time."""
+
+    def __init__(self, base_url: str, procs: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.procs = procs
+        self.pools = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_client_init,
+                                          initargs=(base_url,)) for _ in range(procs)]
+        for f in [pool.submit(time.time) for pool in self.pools]:  # started and imported before anything is timed
+            f.result()
+
+    def load(self, model: str, clients: int, tokens: int, serial: bool, texts) -> tuple[list, float]:
+        shares = [[i for i in range(clients) if serial or i % self.procs == p] for p in range(self.procs)]
+        shares = shares[:1] if serial else shares  # one after another: one process
+        start_at = time.time() + 0.2
+        futures = [pool.submit(_client_share, model, share, tokens, texts, start_at, serial)
+                   for pool, share in zip(self.pools, shares) if share]
+        out, end = [], start_at
+        for f in futures:
+            part, t = f.result()
+            out.extend(part)
+            end = max(end, t)
+        return out, end - start_at
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown()
 
 
 def _print_profile(yappi, top: int = 40) -> None:
@@ -150,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", default="16", help="engine batching.max_batch values, one table row set each")
     p.add_argument("--serial", action="store_true", help="also the same requests one after another")
     p.add_argument("--direct", action="store_true", help="the engine's stream_chat in threads, no server")
+    p.add_argument("--client-procs", type=int, default=2,
+                   help="processes the clients run in (0: threads in the server's own process)")
     p.add_argument("--profile", type=int, default=0,
                    help="with N > 0: a yappi profile (all threads) of the N-client load, its top functions printed")
     args = p.parse_args(argv)
@@ -180,6 +250,9 @@ def main(argv=None) -> int:
                     live = stack.enter_context(LiveServer(create_app(engine, model_name=name)))
                     client = OpenAI(base_url=live.base_url, api_key="-", max_retries=0, timeout=3600)
                     one(client, name, 0, args.tokens, [], texts[0])  # warm-up
+                    if args.client_procs > 0:
+                        client = ClientProcesses(live.base_url, args.client_procs)
+                        stack.callback(client.close)
                 first = None
                 for n in counts:
                     if n == args.profile:
@@ -188,6 +261,7 @@ def main(argv=None) -> int:
                         yappi.set_clock_type("wall")
                         yappi.start()
                     row = {"strategy": strategy, "max_batch": mb, "clients": n, "direct": args.direct,
+                           "client_procs": 0 if args.direct else args.client_procs,
                            **load(client, served, n, args.tokens, texts=texts)}
                     if n == args.profile:
                         yappi.stop()
@@ -203,7 +277,7 @@ def main(argv=None) -> int:
     prompt_note = f"prompts of ~{args.prompt_tokens} tokens" if args.prompt_tokens else "short prompts"
     print(f"model {engine.model_name} ({args.shape}) on {loaded.device} ({loaded.dtype}); greedy, {args.tokens} "
           f"tokens per request, {prompt_note}; one server, one engine per row set")
-    cols = ["strategy", "max_batch", "clients", "direct", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s",
+    cols = ["strategy", "max_batch", "clients", "direct", "client_procs", "wall_s", "tokens", "tok_s", "latency_p50_s", "latency_p99_s",
             "ttft_p50_s", "ttft_p99_s", "vs_one_client"] + (["serial_tok_s", "vs_serial"] if args.serial else [])
     print_table(rows, cols)
     return 0
