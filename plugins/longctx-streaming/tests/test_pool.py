@@ -13,8 +13,13 @@ CASES = [("llama", 4, 12, (3, 9, 16, 40)), ("qwen2", 2, 10, (1, 12, 30)), ("gpt_
          ("llama", 0, 10, (4, 10, 25))]
 
 
-@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
-@pytest.mark.parametrize("arch, sink, window, lengths", CASES)
+# the bucketed rings (emulated graphs) for every case, the first one in the quick suite
+GRAPH_CASES = [(*c, False) for c in CASES] + [
+    pytest.param(*c, True, marks=() if i == 0 else pytest.mark.slow, id=f"graphs-{c[0]}-{i}") for i, c in enumerate(CASES)
+]
+
+
+@pytest.mark.parametrize("arch, sink, window, lengths, graphs", GRAPH_CASES)
 def test_rows_decode_as_their_sessions_alone(tiny_model, request, arch, sink, window, lengths, graphs):
     if graphs:
         request.getfixturevalue("emulated")  # CUDA graphs emulated on CPU: the bucketed rings (FixedRowRings)
