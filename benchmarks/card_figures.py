@@ -24,6 +24,14 @@ SETUP = {
     "ccm": {"context": 512, "extra": " --turn-tokens 128",
             "pipeline": "memory: {name: ccm, mode: concat, comp_tokens: 2} (4 turns of 128 tokens)"},
 }
+#: ``--default``: the shipped defaults since 2026-12-07, slots plus a raw tail of 32 tokens (``heldout_vs_recent_default``)
+DEFAULT_SETUP = {
+    "rcc": {"context": 1056, "extra": "",
+            "pipeline": "strategy: {name: rcc} (raw_tail 32, the default: 1024 tokens -> 32 slots, then 32 raw tokens)"},
+    "ccm": {"context": 512, "extra": " --turn-tokens 128",
+            "pipeline": "memory: {name: ccm, mode: concat, comp_tokens: 2} (raw_tail 32, the default; 4 turns of 128 "
+                        "tokens)"},
+}
 
 
 def option(command: str, name: str):
@@ -65,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--figures", required=True, help="folder of the held-out rows' `longctx eval gap --json` files")
     p.add_argument("--date", required=True)
     p.add_argument("--device", default="CPU (2 cores)")
+    p.add_argument("--default", action="store_true",
+                   help="the figures are of the shipped defaults (raw tail 32): written as heldout_vs_recent_default")
     args = p.parse_args(argv)
 
     path = Path(args.card) / "adapter.json"
@@ -83,7 +93,7 @@ def main(argv=None) -> int:
     card["training"]["note"] = previous["training"].get("note") or (
         "steps, tokens and wall_time_s count every round (the resumed runs carry them on); device, command and data "
         "are the last round's")
-    setup = SETUP[args.kind]
+    setup = (DEFAULT_SETUP if args.default else SETUP)[args.kind]
     samples: set = set()
     by_source = recent_figures(args.kind, Path(args.figures), samples)
     ks = {int(key.rsplit("_", 1)[1]) for row in by_source.values() for key in row if key.startswith("ppl_recent_")}
@@ -98,9 +108,13 @@ def main(argv=None) -> int:
     }
     if setup["pipeline"]:
         figures["pipeline"] = setup["pipeline"]
-    card["heldout_vs_recent"] = {**figures, "by_source": by_source}
+    key = "heldout_vs_recent"
+    if args.default:
+        key += "_default"
+        figures["note"] = "the shipped defaults: slots plus the raw tail of 32 tokens; " + figures["note"]
+    card[key] = {**figures, "by_source": by_source}
     path.write_text(json.dumps(card, indent=1) + "\n")
-    print(json.dumps({"rounds": rounds, "heldout_vs_recent": card["heldout_vs_recent"]}, indent=1))
+    print(json.dumps({"rounds": rounds, key: card[key]}, indent=1))
     return 0
 
 

@@ -4,7 +4,8 @@ A run stopped in its held-out passes (the session's device time ran out) leaves 
 trainer's own passes (about 50 figures) take an hour on two CPU cores. This writes the adapter as the trainer would,
 with the card's figures the tests and READMEs read (2 slots, concat, overall and per source) measured here on CPU, and
 the GPU run's command rebuilt from the checkpoint's recorded arguments. Bring the checkpoint home first
-(``benchmarks/train/rescue_checkpoint.py``).
+(``benchmarks/train/rescue_checkpoint.py``) and run this on it as it came: a ``longctx train`` resume on CPU saves the
+checkpoint again with its own (CPU) arguments.
 
     python benchmarks/train/finish_ccm.py /work/ckpt/r16/mix-ccm /work/ckpt/ccm-r16 \
         --data benchmarks/train/broad-mix-ccm.yaml --device-name "NVIDIA H100 80GB HBM3"

@@ -5,7 +5,8 @@ one device call returns. ``split`` (on the GPU machine, via ``bash benchmarks/gp
 alone, in shards of at most 15 MB, with each run's checkpoint card; ``join`` (here) writes them back as
 ``DIR/checkpoint`` of a run folder. The run's own ``longctx train`` command, given ``--steps`` equal to the saved step
 and ``--device cpu``, then resumes there, trains nothing, and writes the adapter with its held-out figures. Its
-optimizer starts fresh if trained on: the moments stay behind.
+optimizer starts fresh if trained on: the moments stay behind. That resume saves the checkpoint again with the CPU
+run's arguments: the GPU run's command for the card comes from the rescued card (``NAME.adapter.json``).
 
     python benchmarks/train/rescue_checkpoint.py split /root/train/mix-ccm /root/train/mix-rcc --to /root/rescue
     python benchmarks/train/rescue_checkpoint.py join FILES... --to /work/ckpt/r16   # -> r16/mix-ccm, r16/mix-rcc

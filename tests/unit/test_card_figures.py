@@ -92,3 +92,16 @@ def test_a_missing_figures_file_fails_loudly(tmp_path):
     with pytest.raises(FileNotFoundError):
         _script().main([str(tmp_path), "--kind", "rcc", "--previous", str(tmp_path), "--figures", str(tmp_path),
                         "--date", "d"])
+
+
+def test_the_shipped_defaults_figures_go_beside_the_slots_alone_ones(tmp_path):
+    argv, new = _setup(tmp_path, 10, 20)
+    card = json.loads((new / "adapter.json").read_text())
+    card["heldout_vs_recent"] = {"note": "slots alone"}
+    (new / "adapter.json").write_text(json.dumps(card))
+    assert _script().main(argv + ["--default"]) == 0
+    card = json.loads((new / "adapter.json").read_text())
+    assert card["heldout_vs_recent"] == {"note": "slots alone"}  # kept as it was
+    got = card["heldout_vs_recent_default"]
+    assert "--context 1056" in got["command"] and "raw_tail 32" in got["pipeline"]
+    assert got["by_source"]["general-en"]["ppl_rcc"] == 14.0
