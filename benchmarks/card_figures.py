@@ -48,6 +48,8 @@ def this_round(card: dict) -> dict:
            "time_budget_s": None if budget is None else round(float(budget)), "steps_at_end": t["steps"]}
     if t.get("distill"):
         row["distill"] = t["distill"]
+        if t.get("distill_kinds"):
+            row["distill_kinds"] = t["distill_kinds"]
     return row
 
 
