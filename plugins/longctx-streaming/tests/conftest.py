@@ -31,5 +31,6 @@ class _EmulatedRunner(cuda_graphs.GraphRunner):
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(fast_decode, "cuda_available", lambda device: True)
-    monkeypatch.setattr(fast_decode, "GraphRunner", _EmulatedRunner)
+    for module, available in ((fast_decode, "cuda_available"), (cuda_graphs, "available")):  # a session's, a pool's
+        monkeypatch.setattr(module, available, lambda device: True)
+        monkeypatch.setattr(module, "GraphRunner", _EmulatedRunner)

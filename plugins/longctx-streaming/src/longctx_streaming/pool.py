@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from longctx_llm import RowPool
+from longctx_llm.kernels import cuda_graphs
 from longctx_llm.model import hf_adapter
-from longctx_llm.runtime import fast_decode
 
 from .attention import valid_attention
 from .buffers import SinkBuffers
@@ -340,7 +340,7 @@ class RingPool(RowPool):
         self.state_type = state_type  # the ring layout's state class (a subclass carries other seams: not taken)
         self.rings: Optional[RowRings] = None
         #: decode steps replay CUDA graphs (one per bucket of rows), as a session's own steps do
-        self.graphs = bool(strategy.options.cuda_graphs) and fast_decode.cuda_graphs_available(loaded)
+        self.graphs = bool(strategy.options.cuda_graphs) and cuda_graphs.available(torch.device(loaded.device))
         self._runner, self._generation = None, 0
 
     def accepts(self, state) -> bool:
@@ -386,7 +386,7 @@ class RingPool(RowPool):
         ids = torch.tensor(fed, dtype=torch.long, device=self.loaded.device)[:, None]
         runner = self._runner
         if runner is None or runner.owner is not rings or self._generation != rings.generation:
-            runner = self._runner = fast_decode.GraphRunner(rings)
+            runner = self._runner = cuda_graphs.GraphRunner(rings)
             self._generation = rings.generation
         model, extra = self.loaded.model, {"streaming_valid": rings._valid}
 
