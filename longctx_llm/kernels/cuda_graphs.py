@@ -11,7 +11,9 @@ with one launch. That is only valid when a forward is, to the GPU, the same prog
 - no Python decision inside the forward depends on per-call state (it is taken once, at capture).
 
 :class:`KVCacheState` asks its subclass for a key (``graph_key``) per forward; a state returns one only for forwards
-that meet those rules (StreamingLLM's full ring cache: see ``longctx_streaming.cache``). Everything else runs eagerly.
+that meet those rules (a static cache's fixed decode step; StreamingLLM's full ring cache and its one-token steps into
+a filling ring: see ``longctx_streaming.cache``); a pool of rows may run its own (StreamingLLM's bucketed rings:
+``longctx_streaming.pool``). Everything else runs eagerly.
 The first call with a new key runs eagerly (it also warms up lazily initialised libraries), the second captures.
 """
 

@@ -37,9 +37,14 @@ def ring_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kw
 
 def valid_attention(module, query, key, value, ctx, *, scaling, dropout=0.0, **kwargs):
     """One query per row over the slots ``ctx.extra["streaming_valid"]`` (B or 1, 1, 1, K) marks; query (B, H, 1, D),
-    key/value (B, Hkv, K, D) -> (B, 1, H, D)."""
+    key/value (B, Hkv, K, D) -> (B, 1, H, D).
+
+    The query heads that share a key/value head (grouped-query attention) are folded into the query length: (B, Hkv,
+    H / Hkv, D) against (B, Hkv, K, D), the mask broadcast over them. The same result as SDPA's ``enable_gqa``, but a
+    kernel that takes a mask (memory-efficient attention) then runs without copying K/V out to every query head."""
+    B, H, _, D = query.shape
+    Hkv = key.shape[1]
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )  # (B, H, 1, D)
-    return out.transpose(1, 2).contiguous()  # (B, 1, H, D)
+        query.reshape(B, Hkv, H // Hkv, D), key, value, attn_mask=ctx.extra["streaming_valid"], scale=scaling,
+    )  # (B, Hkv, H / Hkv, D): query head h reads key/value head h // (H / Hkv)
+    return out.reshape(B, H, 1, D).transpose(1, 2).contiguous()  # (B, 1, H, D)

@@ -380,6 +380,8 @@ class RingPool(RowPool):
 
     def _fixed_step(self, rings: "FixedRowRings", tokens: list[int], slot, rope) -> torch.Tensor:
         """One step of every row (free rows feed token 0) through the bucket's graph; the rows' logits, row order."""
+        if len(tokens) != rings.rows:
+            raise ValueError(f"a pool step feeds one token per row: {rings.rows} rows, got {len(tokens)} tokens")
         fed = [0] * rings.size
         for p, tok in zip(rings.slot_of, tokens):
             fed[p] = tok
