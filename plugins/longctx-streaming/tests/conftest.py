@@ -2,6 +2,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from longctx_llm.kernels import cuda_graphs
 from longctx_llm.runtime import fast_decode
@@ -9,16 +12,47 @@ from longctx_llm.runtime import fast_decode
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-# CUDA graphs emulated on CPU: "capture" runs the forward once from the static buffers (so a forward that is not
-# idempotent, or that reads a per-call tensor instead of a fixed buffer, shows up as a mismatch), and "replay" runs
-# it again from the same static buffers.
+# CUDA graphs emulated on CPU, as strictly as a real graph: "capture" runs the forward once and records every tensor op
+# it issues (with the very tensors and Python values it was given); "replay" runs that op list again, with none of the
+# forward's Python, writing each op's results into the tensors recorded at capture. Python state a real graph freezes
+# (ints, branches, tensors made anew on ``self`` and read by the next step) is frozen here too, and a host sync inside
+# the forward (``.item()``, ``bool(tensor)``, ``nonzero``), which a real capture refuses, fails the capture.
+_SYNCS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+          torch.ops.aten.is_nonzero.default}
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _SYNCS:
+            raise AssertionError(f"a host sync ({func}) inside a captured forward: a real CUDA graph capture fails")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+def _storages(values) -> set:
+    return {v.untyped_storage().data_ptr() for v in values if isinstance(v, torch.Tensor)}
+
+
 class _EmulatedGraph:
     def __init__(self, forward, static):
-        self.forward, self.static = forward, static
-        self.out = forward(static)  # "capture": a real capture would record these kernels
+        recorder = _Recorder()
+        with recorder:
+            self.out = forward(static)
+        self.ops = recorder.ops
 
     def replay(self):
-        self.out.copy_(self.forward(self.static))
+        for func, args, kwargs, recorded in self.ops:
+            fresh = func(*args, **kwargs)
+            inputs = _storages(tree_flatten((args, kwargs))[0])
+            for old, new in zip(tree_flatten(recorded)[0], tree_flatten(fresh)[0]):
+                if isinstance(old, torch.Tensor) and new.untyped_storage().data_ptr() not in inputs:
+                    old.copy_(new)  # (a view of an input, or an in-place op on one, has written there already)
 
 
 class _EmulatedRunner(cuda_graphs.GraphRunner):

@@ -1,8 +1,10 @@
-"""Replaying full-cache forwards from CUDA graphs gives what eager forwards give.
+"""Replaying forwards from CUDA graphs (full-cache steps and pieces, one-token steps into a filling cache) gives what
+eager forwards give.
 
-On CPU the graph is emulated: "capture" runs the forward once from the static buffers (so a forward that is not
-idempotent, or that reads a per-call tensor instead of a fixed buffer, shows up as a mismatch), and "replay" runs
-it again from the same static buffers. On a CUDA machine the real graphs are checked too.
+On CPU the graph is emulated (``conftest.py``): "capture" records the tensor ops of one forward, "replay" runs those
+ops again with none of the forward's Python, so per-step Python state that a real graph would freeze, a per-call
+tensor instead of a fixed buffer, or a host sync inside the forward shows up as a mismatch or a failed capture. On a
+CUDA machine the real graphs are checked too.
 """
 
 from __future__ import annotations
