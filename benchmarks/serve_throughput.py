@@ -93,6 +93,16 @@ def _pct(values: list, q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
+def _run_threads(threads: list, serial: bool) -> None:
+    """Start the clients' threads all at once (``serial``: each after the last has finished); wait for all."""
+    for t in threads:
+        t.start()
+        if serial:
+            t.join()
+    for t in threads:
+        t.join()
+
+
 def load(client, model: Optional[str], clients: int, tokens: int, serial: bool = False, texts=None) -> dict:
     """``clients`` requests at once (or one after another), each its own session: wall time, tokens/s over all,
     latency and time to first token (p50, p99). ``model`` None: ``client`` is the engine itself (``--direct``);
@@ -109,14 +119,8 @@ def load(client, model: Optional[str], clients: int, tokens: int, serial: bool =
             else:
                 one(client, model, i, tokens, out, text)
 
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-            if serial:
-                t.join()
-        for t in threads:
-            t.join()
+        _run_threads([threading.Thread(target=send, args=(i,)) for i in range(clients)], serial)
         wall = time.perf_counter() - t0
     if len(out) != clients:
         raise SystemExit(f"{clients - len(out)} of {clients} requests failed")
@@ -146,12 +150,7 @@ def _client_share(model: str, indices: list, tokens: int, texts, start_at: float
                for i in indices]
     while time.time() < start_at:
         time.sleep(0.0005)
-    for t in threads:
-        t.start()
-        if serial:
-            t.join()
-    for t in threads:
-        t.join()
+    _run_threads(threads, serial)
     return out, time.time()
 
 
